@@ -1,0 +1,267 @@
+"""The loop every consumer shares: fetch a batch, apply it in one transaction, then reply and ack.
+
+Delivery is at least once; the effect is exactly once. Messages are acked only after the commit,
+and a command's outcome is recorded in the same transaction as its effect, so a redelivered
+command is answered from the record instead of being applied again. A batch that fails is retried
+one message at a time, so one poison message cannot hold back the rest; a message that cannot be
+decoded, or still fails on its last delivery, becomes a dead letter and the consumer carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+
+from noetl.bus import subjects
+from noetl.bus.connection import Bus
+from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome
+from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
+from noetl.store import commands as command_store
+from noetl.store.outbox import NewEvent, add_events
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 1.0
+RETRY_DELAY = 1.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message, decoded if it could be."""
+
+    msg: Msg
+    max_deliver: int
+    command: Command | None = None
+    error: str | None = None
+
+    @property
+    def reply_to(self) -> str | None:
+        return (self.msg.headers or {}).get(REPLY_TO_HEADER)
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.msg.metadata.num_delivered >= self.max_deliver
+
+
+def decode(msg: Msg, max_deliver: int) -> Delivery:
+    delivery = Delivery(msg, max_deliver)
+    try:
+        delivery.command = Command.model_validate_json(msg.data)
+    except ValidationError as exc:
+        delivery.error = f"undecodable command envelope: {exc.errors(include_url=False)}"
+    return delivery
+
+
+async def record_dead_letter(
+    conn: AsyncConnection, consumer: str, delivery: Delivery, reason: str
+) -> None:
+    msg = delivery.msg
+    letter_id = await command_store.dead_letter(
+        conn,
+        subject=msg.subject,
+        consumer=consumer,
+        reason=reason[:4000],
+        headers=dict(msg.headers) if msg.headers else None,
+        data=msg.data,
+        deliveries=msg.metadata.num_delivered,
+    )
+    await add_events(
+        conn,
+        [
+            NewEvent(
+                type="system.dead_letter",
+                subject=subjects.DEAD_LETTER_EVENT,
+                entity={"domain": "system", "consumer": consumer},
+                payload={
+                    "dead_letter_id": str(letter_id),
+                    "subject": msg.subject,
+                    "reason": reason,
+                },
+            )
+        ],
+    )
+    log.warning("%s: dead letter %s from %s: %s", consumer, letter_id, msg.subject, reason)
+
+
+class BatchConsumer(ABC):
+    """A durable pull consumer that hands whole batches to `handle`."""
+
+    stream: str
+    durable: str
+
+    def __init__(self, bus: Bus, pool: AsyncConnectionPool, *, batch_size: int) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    @abstractmethod
+    def consumer_config(self) -> ConsumerConfig: ...
+
+    @abstractmethod
+    async def handle(self, msgs: list[Msg]) -> None: ...
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Fetch and handle batches until `stop`; a failing batch is retried, never dropped."""
+        await ensure_streams(self.bus.js)
+        config = self.consumer_config()
+        await ensure_consumer(self.bus.js, self.stream, config)
+        sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        log.info("%s: consuming %s", self.durable, config.filter_subject)
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(self.batch_size, timeout=FETCH_TIMEOUT)
+            except NatsTimeout:
+                continue
+            except Exception as exc:  # the bus is away: wait and fetch again
+                log.warning("%s: fetch failed: %r", self.durable, exc)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            try:
+                await self.handle(msgs)
+            except Exception:  # unacked messages come back after ack_wait
+                log.exception(
+                    "%s: batch of %d failed; it will be redelivered", self.durable, len(msgs)
+                )
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def reply(self, delivery: Delivery, outcome: Outcome) -> None:
+        if delivery.reply_to:
+            await self.bus.nc.publish(delivery.reply_to, outcome.model_dump_json().encode())
+
+
+Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]
+
+
+class CommandConsumer(BatchConsumer):
+    """Commands with explicit acks and an exactly-once effect through `processed_commands`."""
+
+    stream = subjects.COMMANDS_STREAM
+
+    def __init__(
+        self,
+        bus: Bus,
+        pool: AsyncConnectionPool,
+        *,
+        durable: str,
+        filter_subject: str,
+        apply: Apply,
+        batch_size: int,
+        max_deliver: int,
+        ack_wait: float,
+    ) -> None:
+        super().__init__(bus, pool, batch_size=batch_size)
+        self.durable = durable
+        self.filter_subject = filter_subject
+        self.apply = apply
+        self.max_deliver = max_deliver
+        self.ack_wait = ack_wait
+
+    def consumer_config(self) -> ConsumerConfig:
+        return command_consumer(
+            self.durable, self.filter_subject, max_deliver=self.max_deliver, ack_wait=self.ack_wait
+        )
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        deliveries = [decode(m, self.max_deliver) for m in msgs]
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                outcomes = await self._apply_batch(conn, deliveries)
+        except Exception as exc:
+            if len(deliveries) == 1:
+                await self._failed_alone(deliveries[0], exc)
+                return
+            log.warning("%s: batch failed (%r); applying one by one", self.durable, exc)
+            for delivery in deliveries:
+                await self.handle_one(delivery)
+            return
+        await self._finish(deliveries, outcomes)
+
+    async def handle_one(self, delivery: Delivery) -> None:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                outcomes = await self._apply_batch(conn, [delivery])
+        except Exception as exc:
+            await self._failed_alone(delivery, exc)
+            return
+        await self._finish([delivery], outcomes)
+
+    async def _failed_alone(self, delivery: Delivery, exc: Exception) -> None:
+        if not delivery.last_attempt:
+            log.warning("%s: %s failed (%r); redelivering", self.durable, delivery.msg.subject, exc)
+            await delivery.msg.nak(delay=RETRY_DELAY)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await record_dead_letter(
+                conn, self.durable, delivery, f"failed on last delivery: {exc!r}"
+            )
+        if delivery.command is not None:
+            await self.reply(
+                delivery,
+                Outcome.failed(
+                    delivery.command.id, "unavailable", "the command could not be applied"
+                ),
+            )
+        await delivery.msg.ack()
+
+    async def _apply_batch(
+        self, conn: AsyncConnection, deliveries: list[Delivery]
+    ) -> list[Outcome | None]:
+        """Outcomes aligned with `deliveries`; None for a dead letter."""
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        known = await command_store.stored(
+            conn, [d.command.id for d in deliveries if d.command is not None]
+        )
+        fresh: dict[str, Command] = {}
+        for delivery in deliveries:
+            command = delivery.command
+            if command is None:
+                await record_dead_letter(conn, self.durable, delivery, delivery.error or "")
+            elif command.id not in known and command.id not in fresh:
+                fresh[command.id] = command
+        applied = dict(zip(fresh, await self.apply(conn, list(fresh.values())), strict=True))
+        await command_store.record(
+            conn,
+            [
+                (rid, fresh[rid].type, fresh[rid].fingerprint, o.model_dump(mode="json"))
+                for rid, o in applied.items()
+            ],
+        )
+        for i, delivery in enumerate(deliveries):
+            command = delivery.command
+            if command is None:
+                continue
+            if command.id in applied:
+                outcomes[i] = applied[command.id]
+            else:
+                outcomes[i] = stored_outcome(command, known[command.id])
+        return outcomes
+
+    async def _finish(self, deliveries: list[Delivery], outcomes: list[Outcome | None]) -> None:
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome is not None:
+                await self.reply(delivery, outcome)
+            await delivery.msg.ack()
+
+
+def stored_outcome(command: Command, row: dict[str, Any]) -> Outcome:
+    """A redelivered or repeated command: the recorded outcome, unless the key was reused."""
+    if command.fingerprint and row["fingerprint"] and command.fingerprint != row["fingerprint"]:
+        return Outcome.failed(
+            command.id, "conflict", "this Idempotency-Key was already used for a different request"
+        )
+    return Outcome.model_validate({**row["outcome"], "request_id": command.id})

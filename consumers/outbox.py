@@ -1,0 +1,85 @@
+"""The outbox relay: event rows to the events stream, in order, at least once.
+
+Each event is published with `Nats-Msg-Id` derived from its row, so a relay that dies between
+publishing and marking the row republishes into JetStream's duplicate window and nothing is
+doubled. One relay is active at a time (a session advisory lock); others wait to take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from noetl.bus.connection import Bus
+from noetl.bus.envelope import MSG_ID_HEADER, Event
+from noetl.store import outbox
+from noetl.store.db import connect
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x6E6F65746C02
+BATCH = 1000
+IDLE_WAKE = 1.0
+
+
+def envelope(row: dict[str, Any]) -> Event:
+    return Event(
+        id=str(row["event_id"]),
+        type=row["type"],
+        time=row["created_at"],
+        entity=row["entity"],
+        payload=row["payload"],
+    )
+
+
+def message_id(row: dict[str, Any]) -> str:
+    """Unique across database resets too: the id alone could repeat inside the window."""
+    return f"{row['event_id']}-{int(row['created_at'].timestamp() * 1_000_000)}"
+
+
+async def relay_pending(conn: AsyncConnection, bus: Bus) -> int:
+    """Publish every unpublished event; returns how many."""
+    total = 0
+    while True:
+        rows = await outbox.unpublished(conn, BATCH)
+        if not rows:
+            return total
+        acks = [
+            await bus.js.publish_async(
+                row["subject"],
+                envelope(row).model_dump_json().encode(),
+                headers={MSG_ID_HEADER: message_id(row)},
+            )
+            for row in rows
+        ]
+        await asyncio.gather(*acks)
+        await outbox.mark_published(conn, [row["event_id"] for row in rows])
+        total += len(rows)
+
+
+async def run_relay(dsn: str, bus: Bus, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            async with await connect(dsn) as conn:
+                await _relay(conn, bus, stop)
+        except Exception:
+            log.exception("relay: failed; reconnecting")
+            await asyncio.sleep(1.0)
+
+
+async def _relay(conn: AsyncConnection, bus: Bus, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS held", (RELAY_LOCK,))
+        row = await cur.fetchone()
+        if row and row["held"]:
+            break
+        await asyncio.sleep(IDLE_WAKE)
+    await conn.execute("LISTEN noetl_outbox")
+    log.info("relay: active")
+    while not stop.is_set():
+        await relay_pending(conn, bus)
+        async for _ in conn.notifies(timeout=IDLE_WAKE, stop_after=1):
+            pass

@@ -1,0 +1,106 @@
+"""Run consumers as a process: `noetl consumer <name>`. Copies of one consumer share its work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from psycopg_pool import AsyncConnectionPool
+
+from consumers import queries, runtime
+from consumers.outbox import run_relay
+from consumers.sweeper import run_sweeper
+from noetl.bus.connection import Bus
+from noetl.settings import Settings
+from noetl.store.db import open_pool
+from noetl.store.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """What a consumer needs: the bus, a pool, the settings, and the signal to stop."""
+
+    def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.on_stop: list[Callable[[], None]] = []
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        for callback in self.on_stop:
+            callback()
+
+
+async def start_runtime(ctx: Context) -> list[Awaitable[None]]:
+    commands = runtime.command_consumer(ctx.bus, ctx.pool, ctx.settings)
+    heartbeats = runtime.HeartbeatConsumer(ctx.bus, ctx.pool, ctx.settings)
+    ctx.on_stop += [commands.stop, heartbeats.stop]
+    await queries.serve(ctx.bus, ctx.pool, {**queries.OUTCOME_QUERIES, **runtime.QUERIES})
+    return [commands.run(), heartbeats.run()]
+
+
+async def start_sweeper(ctx: Context) -> list[Awaitable[None]]:
+    s = ctx.settings
+    return [
+        run_sweeper(
+            ctx.pool,
+            interval=s.runtime_sweep_interval,
+            offline_after=s.runtime_offline_seconds,
+            stop=ctx.stop,
+        )
+    ]
+
+
+async def start_outbox(ctx: Context) -> list[Awaitable[None]]:
+    return [run_relay(ctx.settings.database_dsn(), ctx.bus, ctx.stop)]
+
+
+CONSUMERS: dict[str, Callable[[Context], Awaitable[list[Awaitable[None]]]]] = {
+    "runtime": start_runtime,
+    "sweeper": start_sweeper,
+    "outbox": start_outbox,
+}
+
+
+async def run(
+    names: list[str],
+    settings: Settings,
+    *,
+    handle_signals: bool = True,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the named consumers until SIGINT/SIGTERM, or until the task is cancelled."""
+    unknown = [n for n in names if n not in CONSUMERS]
+    if unknown:
+        raise ValueError(f"unknown consumer(s) {unknown}; choose from {sorted(CONSUMERS)}")
+    dsn = settings.database_dsn()
+    await migrate(dsn)
+    async with AsyncExitStack() as stack:
+        bus = Bus(settings.nats_url, name=f"noetl-consumer-{'+'.join(names)}")
+        await bus.start(wait=True)
+        stack.push_async_callback(bus.close)
+        pool = await open_pool(dsn, max_size=8)
+        stack.push_async_callback(pool.close)
+        ctx = Context(bus, pool, settings)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, ctx.request_stop)
+        jobs = [job for name in names for job in await CONSUMERS[name](ctx)]
+        tasks = [asyncio.ensure_future(job) for job in jobs]
+        log.info("consumers %s running", ", ".join(names))
+        if ready is not None:
+            ready.set()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            ctx.request_stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

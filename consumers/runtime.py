@@ -1,0 +1,250 @@
+"""The runtime registry: register, deregister and heartbeat for every kind of component."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+
+from consumers.base import BatchConsumer, CommandConsumer, Delivery, decode, record_dead_letter
+from noetl.bus import subjects
+from noetl.bus.connection import Bus
+from noetl.bus.envelope import Command, Outcome
+from noetl.bus.streams import heartbeat_consumer
+from noetl.contracts.runtime import (
+    ComponentInfo,
+    ComponentQuery,
+    Deregistration,
+    Heartbeat,
+    HeartbeatResponse,
+    ListResponse,
+    MissingUri,
+    RegistrationResponse,
+    RuntimeRegistration,
+)
+from noetl.settings import Settings
+from noetl.store import runtime as store
+from noetl.store.outbox import NewEvent, add_events
+
+log = logging.getLogger(__name__)
+
+
+def event(kind: str, name: str, what: str, **payload: Any) -> NewEvent:
+    return NewEvent(
+        type=f"runtime.{what}",
+        subject=subjects.runtime_event(kind, name, what),
+        entity={"domain": "runtime", "kind": kind, "name": name},
+        payload=payload,
+    )
+
+
+def _invalid(command: Command, exc: ValidationError) -> Outcome:
+    return Outcome.failed(
+        command.id, "invalid", exc.errors(include_url=False, include_context=False)
+    )
+
+
+async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    valid: list[tuple[Command, RuntimeRegistration]] = []
+    for command in commands:
+        try:
+            reg = RuntimeRegistration.model_validate(command.payload)
+            reg.require_uri()
+        except ValidationError as exc:
+            outcomes[command.id] = _invalid(command, exc)
+            continue
+        except MissingUri as exc:
+            outcomes[command.id] = Outcome.failed(command.id, "bad_request", str(exc))
+            continue
+        valid.append((command, reg))
+    rows = {(r.kind, r.name): r for r in await store.upsert(conn, [reg for _, reg in valid])}
+    await add_events(
+        conn,
+        [
+            event(r.kind, r.name, "registered", runtime_id=str(r.runtime_id), created=r.created)
+            for r in rows.values()
+        ],
+    )
+    for command, reg in valid:
+        row = rows[(reg.kind, reg.name)]
+        response = RegistrationResponse(
+            name=reg.name, runtime_id=row.runtime_id, kind=reg.kind, runtime=reg.runtime
+        )
+        outcomes[command.id] = Outcome(
+            request_id=command.id, result=response.model_dump(mode="json")
+        )
+    return [outcomes[c.id] for c in commands]
+
+
+async def deregister(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    valid: list[tuple[Command, Deregistration]] = []
+    for command in commands:
+        try:
+            valid.append((command, Deregistration.model_validate(command.payload)))
+        except ValidationError as exc:
+            outcomes[command.id] = _invalid(command, exc)
+    rows = await store.mark_offline(conn, [(d.kind, d.name) for _, d in valid])
+    await add_events(
+        conn,
+        [
+            event(r["kind"], r["name"], "deregistered", runtime_id=str(r["runtime_id"]))
+            for r in rows
+        ],
+    )
+    for command, dereg in valid:
+        response = RegistrationResponse(
+            name=dereg.name, runtime_id=None, kind=dereg.kind, runtime=None
+        )
+        outcomes[command.id] = Outcome(
+            request_id=command.id, result=response.model_dump(mode="json")
+        )
+    return [outcomes[c.id] for c in commands]
+
+
+HANDLERS: dict[str, Callable[[AsyncConnection, list[Command]], Any]] = {
+    subjects.command_type(subjects.RUNTIME_REGISTER): register,
+    subjects.command_type(subjects.RUNTIME_DEREGISTER): deregister,
+}
+
+
+async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    """Apply in arrival order, each run of one command type as one batch."""
+    outcomes: list[Outcome] = []
+    for command_type, run in itertools.groupby(commands, key=lambda c: c.type):
+        batch = list(run)
+        handler = HANDLERS.get(command_type)
+        if handler is None:
+            outcomes += [
+                Outcome.failed(c.id, "bad_request", f"unknown command type {command_type!r}")
+                for c in batch
+            ]
+        else:
+            outcomes += await handler(conn, batch)
+    return outcomes
+
+
+class HeartbeatConsumer(BatchConsumer):
+    """Beats collapse to one update per component per batch, and are acked once per batch."""
+
+    stream = subjects.HEARTBEATS_STREAM
+    durable = "runtime-heartbeats"
+
+    def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> None:
+        super().__init__(bus, pool, batch_size=settings.consumer_batch_size * 4)
+        self.settings = settings
+
+    def consumer_config(self) -> ConsumerConfig:
+        return heartbeat_consumer(self.durable, ack_wait=self.settings.consumer_ack_wait)
+
+    async def handle(self, msgs: list[Msg]) -> None:
+        beats: list[tuple[Delivery, Heartbeat]] = []
+        bad: list[tuple[Delivery, str]] = []
+        for msg in msgs:
+            delivery = decode(msg, max_deliver=1)
+            if delivery.command is None:
+                bad.append((delivery, delivery.error or "undecodable"))
+                continue
+            try:
+                beats.append((delivery, Heartbeat.model_validate(delivery.command.payload)))
+            except ValidationError as exc:
+                bad.append((delivery, f"invalid heartbeat: {exc.errors(include_url=False)}"))
+        latest: dict[tuple[str, str], datetime] = {}
+        for _, hb in beats:
+            key = (hb.kind, hb.name)
+            latest[key] = max(hb.sent_at, latest.get(key, hb.sent_at))
+        async with self.pool.connection() as conn, conn.transaction():
+            for delivery, reason in bad:
+                await record_dead_letter(conn, self.durable, delivery, reason)
+            known = await store.beat(conn, latest) if latest else {}
+            recreated = await self._recreate(
+                conn, [hb for _, hb in beats if (hb.kind, hb.name) not in known]
+            )
+            await add_events(
+                conn,
+                [
+                    event(b.kind, b.name, "online", runtime_id=str(b.runtime_id))
+                    for b in known.values()
+                    if b.was_offline
+                ],
+            )
+        for delivery, hb in beats:
+            await self.reply(delivery, self._answer(delivery.command, hb, known, recreated))
+        await msgs[-1].ack()
+
+    async def _recreate(
+        self, conn: AsyncConnection, unknown: list[Heartbeat]
+    ) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """Auto-recreation: an unknown component whose beat carries its registration."""
+        if not self.settings.auto_recreate_runtime:
+            return {}
+        regs = {(hb.kind, hb.name): reg for hb in unknown if (reg := hb.recreation()) is not None}
+        if not regs:
+            return {}
+        rows = await store.upsert(conn, list(regs.values()))
+        await add_events(
+            conn, [event(r.kind, r.name, "recreated", runtime_id=str(r.runtime_id)) for r in rows]
+        )
+        return {(r.kind, r.name): (r.runtime_id, regs[(r.kind, r.name)].runtime) for r in rows}
+
+    def _answer(
+        self,
+        command: Command | None,
+        hb: Heartbeat,
+        known: dict[tuple[str, str], store.Beaten],
+        recreated: dict[tuple[str, str], tuple[int, str | None]],
+    ) -> Outcome:
+        assert command is not None
+        key = (hb.kind, hb.name)
+        if key in known:
+            response = HeartbeatResponse(
+                status="ok", name=hb.name, runtime_id=known[key].runtime_id
+            )
+        elif key in recreated:
+            runtime_id, runtime = recreated[key]
+            response = HeartbeatResponse(
+                status="recreated", name=hb.name, runtime_id=runtime_id, runtime=runtime
+            )
+        else:
+            return Outcome.failed(
+                command.id,
+                "unknown",
+                {"status": "unknown", "name": hb.name},
+                retry_after=self.settings.heartbeat_retry_after,
+            )
+        return Outcome(request_id=command.id, result=response.as_body())
+
+
+async def list_components(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    query = ComponentQuery.model_validate(payload)
+    rows = await store.list_components(conn, query.kind, query.runtime, query.status)
+    items = [ComponentInfo.model_validate(row) for row in rows]
+    response = ListResponse(
+        items=items, count=len(items), runtime=query.runtime, status=query.status
+    )
+    return response.model_dump(mode="json")
+
+
+QUERIES = {subjects.QUERY_RUNTIME_COMPONENTS: list_components}
+
+
+def command_consumer(bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> CommandConsumer:
+    return CommandConsumer(
+        bus,
+        pool,
+        durable="runtime-commands",
+        filter_subject=subjects.RUNTIME_COMMANDS,
+        apply=apply_commands,
+        batch_size=settings.consumer_batch_size,
+        max_deliver=settings.consumer_max_deliver,
+        ack_wait=settings.consumer_ack_wait,
+    )

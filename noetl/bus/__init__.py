@@ -1,0 +1,1 @@
+"""The bus: subjects, streams, the envelope, and request/reply over JetStream."""

@@ -1,0 +1,112 @@
+"""A NATS connection that outlives outages.
+
+A process that serves HTTP must start, and keep answering, while NATS is away: it connects in the
+background, reconnects forever, and says at once whether the bus is there right now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+OnConnect = Callable[["Bus"], Awaitable[None]]
+
+
+class BusUnavailable(RuntimeError):
+    """NATS cannot be reached now; the caller should retry later."""
+
+
+class Bus:
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.nc: NATS = NATS()
+        self._on_connect: list[OnConnect] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def on_connect(self, hook: OnConnect) -> None:
+        """Run `hook` once the first connection is made (subscriptions survive reconnects)."""
+        self._on_connect.append(hook)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set() and self.nc.is_connected
+
+    def require(self) -> NATS:
+        if not self.connected:
+            raise BusUnavailable("the message bus is not reachable")
+        return self.nc
+
+    async def start(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Connect; with `wait=False` keep trying in the background and return at once."""
+        self._task = asyncio.create_task(self._connect_forever(), name=f"bus-connect-{self.name}")
+        if wait:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            nc = NATS()
+            try:
+                await nc.connect(
+                    self.url,
+                    name=self.name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    ping_interval=5,
+                    max_outstanding_pings=2,
+                    pending_size=8 * 1024 * 1024,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                self.nc = nc
+                break
+            except Exception as exc:  # any failure to connect is retried
+                log.warning("bus: cannot connect to %s (%s); retrying", self.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for hook in self._on_connect:
+            while True:
+                try:
+                    await hook(self)
+                    break
+                except Exception:
+                    log.exception("bus: on-connect step failed; retrying")
+                    await asyncio.sleep(1.0)
+        self._ready.set()
+        log.info("bus: connected to %s", self.url)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("bus: %s", exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("bus: disconnected from %s", self.url)
+
+    async def _on_reconnected(self) -> None:
+        log.info("bus: reconnected to %s", self.nc.connected_url)
+
+    async def close(self) -> None:
+        if self._task and not self._task.done():
+            self._task.cancel()
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:
+                await self.nc.close()

@@ -1,0 +1,78 @@
+"""The three shapes that travel on the bus: a command, its outcome, and an event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+REPLY_TO_HEADER = "Noetl-Reply-To"
+
+ErrorCode = Literal["bad_request", "invalid", "not_found", "unknown", "conflict", "unavailable"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def idempotent_request_id(scope: str, key: str) -> str:
+    """The request id for an `Idempotency-Key`: the same key on the same operation, the same id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"noetl:{scope}:{key}").hex
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """A digest of a command's payload, to tell a retry from a reused idempotency key."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Command(BaseModel):
+    """A request to change state. `id` is the request id and the stream's `Nats-Msg-Id`."""
+
+    id: str = Field(min_length=1, max_length=128)
+    type: str
+    time: datetime = Field(default_factory=utcnow)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    fingerprint: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    detail: Any = None
+    retry_after: int | None = None
+
+
+class Outcome(BaseModel):
+    """What a command came to: a result, or an error the facade maps to an HTTP status."""
+
+    request_id: str
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def failed(
+        cls, request_id: str, code: ErrorCode, detail: Any, retry_after: int | None = None
+    ) -> Outcome:
+        return cls(
+            request_id=request_id,
+            error=ErrorInfo(code=code, detail=detail, retry_after=retry_after),
+        )
+
+
+class Event(BaseModel):
+    """Something that happened. `id` orders events and is their `Nats-Msg-Id` on the stream."""
+
+    id: str
+    type: str
+    time: datetime
+    entity: dict[str, str]
+    payload: dict[str, Any] = Field(default_factory=dict)

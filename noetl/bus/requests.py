@@ -1,0 +1,122 @@
+"""Publish a command durably and wait for its outcome; ask a query and wait for the answer.
+
+The requester listens on one wildcard reply subject per process (as nats.py's own request does),
+subscribed before anything is published, and names the reply subject in a header: JetStream does
+not keep a message's reply subject, and a core request to a stream's subject would be answered by
+the stream's publish ack instead of the consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import APIError, NoStreamResponseError
+
+from noetl.bus import subjects
+from noetl.bus.connection import Bus, BusUnavailable
+from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, new_request_id
+
+log = logging.getLogger(__name__)
+
+PUBLISH_ACK_TIMEOUT = 2.0
+OUTCOME_POLL_INTERVAL = 0.1
+
+
+class QueryUnanswered(RuntimeError):
+    """Nobody answered a query: no consumer is serving it now."""
+
+
+class Requester:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.client_id = new_request_id()
+        self._prefix = subjects.reply_prefix(self.client_id)
+        self._waiting: dict[str, asyncio.Future[Outcome]] = {}
+
+    async def subscribe(self, bus: Bus) -> None:
+        """An on-connect hook: listen for replies before the first command goes out."""
+        await bus.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            outcome = Outcome.model_validate_json(msg.data)
+        except ValueError:
+            log.warning("requester: undecodable reply on %s", msg.subject)
+            return
+        future = self._waiting.get(outcome.request_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    def reply_subject(self, request_id: str) -> str:
+        return subjects.reply(self.client_id, request_id)
+
+    async def send(self, subject: str, command: Command, timeout: float) -> Outcome | None:
+        """Publish `command` and wait up to `timeout` for its outcome; None when it is late.
+
+        Raises BusUnavailable when the bus does not take the command.
+        """
+        self.bus.require()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting[command.id] = future
+        try:
+            ack = await self._publish(subject, command)
+            if ack.duplicate:
+                # The stream already holds this request id: the outcome comes from the store.
+                return await self._await_stored(command.id, future, timeout)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(command.id, None)
+
+    async def _publish(self, subject: str, command: Command) -> Any:
+        headers = {MSG_ID_HEADER: command.id, REPLY_TO_HEADER: self.reply_subject(command.id)}
+        try:
+            return await self.bus.js.publish(
+                subject,
+                command.model_dump_json().encode(),
+                timeout=PUBLISH_ACK_TIMEOUT,
+                headers=headers,
+            )
+        except (NatsTimeout, NoStreamResponseError, NoRespondersError, APIError) as exc:
+            raise BusUnavailable(f"the bus did not accept the command: {exc!r}") from exc
+
+    async def _await_stored(
+        self, request_id: str, future: asyncio.Future[Outcome], timeout: float
+    ) -> Outcome | None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if future.done():
+                return future.result()
+            try:
+                stored = await self.stored_outcome(request_id, timeout=1.0)
+            except QueryUnanswered:
+                stored = None
+            if stored is not None:
+                return stored
+            await asyncio.sleep(OUTCOME_POLL_INTERVAL)
+        return None
+
+    async def stored_outcome(self, request_id: str, timeout: float) -> Outcome | None:
+        answer = await self.query(
+            subjects.QUERY_REQUEST_OUTCOME, {"request_id": request_id}, timeout
+        )
+        stored = (answer.result or {}).get("outcome")
+        return Outcome.model_validate(stored) if stored else None
+
+    async def query(self, subject: str, payload: dict[str, Any], timeout: float) -> Outcome:
+        """A read: core request/reply to whichever consumer serves `subject`."""
+        nc = self.bus.require()
+        try:
+            msg = await nc.request(subject, json.dumps(payload).encode(), timeout=timeout)
+        except NoRespondersError as exc:
+            raise QueryUnanswered(f"no consumer serves {subject}") from exc
+        except NatsTimeout as exc:
+            raise QueryUnanswered(f"no answer on {subject} in {timeout}s") from exc
+        return Outcome.model_validate_json(msg.data)

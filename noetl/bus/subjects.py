@@ -1,0 +1,59 @@
+"""Every subject and stream name the system uses, and nothing else.
+
+Hierarchy: ``noetl.<class>.<domain>...``. Classes: ``cmd`` (durable commands), ``hb``
+(heartbeats), ``evt`` (events for subscribers), ``qry`` (core request/reply reads), ``reply``
+(answers to a command's requester). Any name that reaches a subject goes through ``token``.
+"""
+
+from __future__ import annotations
+
+COMMANDS_STREAM = "NOETL_COMMANDS"
+HEARTBEATS_STREAM = "NOETL_HEARTBEATS"
+EVENTS_STREAM = "NOETL_EVENTS"
+
+COMMANDS_ALL = "noetl.cmd.>"
+HEARTBEATS_ALL = "noetl.hb.>"
+EVENTS_ALL = "noetl.evt.>"
+
+RUNTIME_COMMANDS = "noetl.cmd.runtime.>"
+RUNTIME_REGISTER = "noetl.cmd.runtime.register"
+RUNTIME_DEREGISTER = "noetl.cmd.runtime.deregister"
+
+HEARTBEAT_TYPE = "runtime.heartbeat"
+
+QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
+QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
+
+DEAD_LETTER_EVENT = "noetl.evt.system.dead_letter"
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def token(value: str) -> str:
+    """One subject token from any string: safe ASCII kept, every other byte as ``%XX``.
+
+    Dots, spaces, ``*``, ``>`` and non-ASCII letters cannot split or widen a subject, and two
+    different names never share a token.
+    """
+    return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in value)
+
+
+def command_type(subject: str) -> str:
+    """A command's type is its subject below ``noetl.cmd.``: ``runtime.register``."""
+    return subject.removeprefix("noetl.cmd.")
+
+
+def heartbeat(kind: str, name: str) -> str:
+    return f"noetl.hb.{token(kind)}.{token(name)}"
+
+
+def runtime_event(kind: str, name: str, event_type: str) -> str:
+    return f"noetl.evt.runtime.{token(kind)}.{token(name)}.{token(event_type)}"
+
+
+def reply_prefix(client_id: str) -> str:
+    return f"noetl.reply.{token(client_id)}"
+
+
+def reply(client_id: str, request_id: str) -> str:
+    return f"{reply_prefix(client_id)}.{token(request_id)}"

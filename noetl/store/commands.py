@@ -1,0 +1,60 @@
+"""Processed commands (exactly-once effect) and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+STORED = """
+SELECT request_id, fingerprint, outcome FROM processed_commands WHERE request_id = ANY(%s)
+"""
+
+RECORD = """
+INSERT INTO processed_commands (request_id, type, fingerprint, outcome)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+DEAD_LETTER = """
+INSERT INTO dead_letters (subject, consumer, reason, headers, data, deliveries)
+VALUES (%s, %s, %s, %s, %s, %s) RETURNING id
+"""
+
+
+async def stored(conn: AsyncConnection, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """request id -> {"fingerprint", "outcome"} for those already applied."""
+    if not request_ids:
+        return {}
+    cur = await conn.execute(STORED, (request_ids,))
+    return {row["request_id"]: row for row in await cur.fetchall()}
+
+
+async def record(
+    conn: AsyncConnection, rows: list[tuple[str, str, str | None, dict[str, Any]]]
+) -> None:
+    """Record (request_id, type, fingerprint, outcome) rows."""
+    if not rows:
+        return
+    ids, types, prints, outcomes = zip(*rows, strict=True)
+    await conn.execute(RECORD, (list(ids), list(types), list(prints), [Jsonb(o) for o in outcomes]))
+
+
+async def dead_letter(
+    conn: AsyncConnection,
+    *,
+    subject: str,
+    consumer: str,
+    reason: str,
+    headers: dict[str, str] | None,
+    data: bytes,
+    deliveries: int | None,
+) -> int:
+    cur = await conn.execute(
+        DEAD_LETTER,
+        (subject, consumer, reason, Jsonb(headers) if headers else None, data, deliveries),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["id"])

@@ -1,0 +1,55 @@
+"""The outbox: events are rows written in the transaction of the change they describe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    type: str
+    subject: str
+    entity: dict[str, str]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+INSERT_EVENTS = """
+INSERT INTO events (type, subject, entity, payload)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[])
+"""
+
+
+async def add_events(conn: AsyncConnection, events: list[NewEvent]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        INSERT_EVENTS,
+        (
+            [e.type for e in events],
+            [e.subject for e in events],
+            [Jsonb(e.entity) for e in events],
+            [Jsonb(e.payload) for e in events],
+        ),
+    )
+
+
+UNPUBLISHED = """
+SELECT event_id, type, subject, entity, payload, created_at
+FROM events WHERE published_at IS NULL
+ORDER BY event_id LIMIT %s
+"""
+
+MARK_PUBLISHED = "UPDATE events SET published_at = now() WHERE event_id = ANY(%s)"
+
+
+async def unpublished(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(UNPUBLISHED, (limit,))
+    return await cur.fetchall()
+
+
+async def mark_published(conn: AsyncConnection, event_ids: list[int]) -> None:
+    await conn.execute(MARK_PUBLISHED, (event_ids,))
