@@ -63,9 +63,7 @@ def decode(msg: Msg, max_deliver: int) -> Delivery:
     return delivery
 
 
-async def record_dead_letter(
-    conn: AsyncConnection, consumer: str, delivery: Delivery, reason: str
-) -> None:
+async def record_dead_letter(conn: AsyncConnection, consumer: str, delivery: Delivery, reason: str) -> None:
     msg = delivery.msg
     letter_id = await command_store.dead_letter(
         conn,
@@ -134,9 +132,7 @@ class BatchConsumer(ABC):
             try:
                 await self.handle(msgs)
             except Exception:  # unacked messages come back after ack_wait
-                log.exception(
-                    "%s: batch of %d failed; it will be redelivered", self.durable, len(msgs)
-                )
+                log.exception("%s: batch of %d failed; it will be redelivered", self.durable, len(msgs))
                 await asyncio.sleep(RETRY_DELAY)
 
     async def reply(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -206,26 +202,18 @@ class CommandConsumer(BatchConsumer):
             await delivery.msg.nak(delay=RETRY_DELAY)
             return
         async with self.pool.connection() as conn, conn.transaction():
-            await record_dead_letter(
-                conn, self.durable, delivery, f"failed on last delivery: {exc!r}"
-            )
+            await record_dead_letter(conn, self.durable, delivery, f"failed on last delivery: {exc!r}")
         if delivery.command is not None:
             await self.reply(
                 delivery,
-                Outcome.failed(
-                    delivery.command.id, "unavailable", "the command could not be applied"
-                ),
+                Outcome.failed(delivery.command.id, "unavailable", "the command could not be applied"),
             )
         await delivery.msg.ack()
 
-    async def _apply_batch(
-        self, conn: AsyncConnection, deliveries: list[Delivery]
-    ) -> list[Outcome | None]:
+    async def _apply_batch(self, conn: AsyncConnection, deliveries: list[Delivery]) -> list[Outcome | None]:
         """Outcomes aligned with `deliveries`; None for a dead letter."""
         outcomes: list[Outcome | None] = [None] * len(deliveries)
-        known = await command_store.stored(
-            conn, [d.command.id for d in deliveries if d.command is not None]
-        )
+        known = await command_store.stored(conn, [d.command.id for d in deliveries if d.command is not None])
         fresh: dict[str, Command] = {}
         for delivery in deliveries:
             command = delivery.command

@@ -47,9 +47,7 @@ def _responder(pool: AsyncConnectionPool, handler: Query) -> Callable[[Msg], Awa
             outcome = Outcome.failed(request_id, "invalid", str(exc))
         except Exception as exc:
             log.exception("query on %s failed", msg.subject)
-            outcome = Outcome.failed(
-                request_id, "unavailable", f"the store did not answer: {exc!r}"
-            )
+            outcome = Outcome.failed(request_id, "unavailable", f"the store did not answer: {exc!r}")
         if msg.reply:
             await msg.respond(outcome.model_dump_json().encode())
 

@@ -47,9 +47,7 @@ def event(kind: str, name: str, what: str, **payload: Any) -> NewEvent:
 
 
 def _invalid(command: Command, exc: ValidationError) -> Outcome:
-    return Outcome.failed(
-        command.id, "invalid", exc.errors(include_url=False, include_context=False)
-    )
+    return Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
 
 
 async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
@@ -79,9 +77,7 @@ async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outco
         response = RegistrationResponse(
             name=reg.name, runtime_id=row.runtime_id, kind=reg.kind, runtime=reg.runtime
         )
-        outcomes[command.id] = Outcome(
-            request_id=command.id, result=response.model_dump(mode="json")
-        )
+        outcomes[command.id] = Outcome(request_id=command.id, result=response.model_dump(mode="json"))
     return [outcomes[c.id] for c in commands]
 
 
@@ -96,18 +92,11 @@ async def deregister(conn: AsyncConnection, commands: list[Command]) -> list[Out
     rows = await store.mark_offline(conn, [(d.kind, d.name) for _, d in valid])
     await add_events(
         conn,
-        [
-            event(r["kind"], r["name"], "deregistered", runtime_id=str(r["runtime_id"]))
-            for r in rows
-        ],
+        [event(r["kind"], r["name"], "deregistered", runtime_id=str(r["runtime_id"])) for r in rows],
     )
     for command, dereg in valid:
-        response = RegistrationResponse(
-            name=dereg.name, runtime_id=None, kind=dereg.kind, runtime=None
-        )
-        outcomes[command.id] = Outcome(
-            request_id=command.id, result=response.model_dump(mode="json")
-        )
+        response = RegistrationResponse(name=dereg.name, runtime_id=None, kind=dereg.kind, runtime=None)
+        outcomes[command.id] = Outcome(request_id=command.id, result=response.model_dump(mode="json"))
     return [outcomes[c.id] for c in commands]
 
 
@@ -125,8 +114,7 @@ async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list
         handler = HANDLERS.get(command_type)
         if handler is None:
             outcomes += [
-                Outcome.failed(c.id, "bad_request", f"unknown command type {command_type!r}")
-                for c in batch
+                Outcome.failed(c.id, "bad_request", f"unknown command type {command_type!r}") for c in batch
             ]
         else:
             outcomes += await handler(conn, batch)
@@ -166,9 +154,7 @@ class HeartbeatConsumer(BatchConsumer):
             for delivery, reason in bad:
                 await record_dead_letter(conn, self.durable, delivery, reason)
             known = await store.beat(conn, latest) if latest else {}
-            recreated = await self._recreate(
-                conn, [hb for _, hb in beats if (hb.kind, hb.name) not in known]
-            )
+            recreated = await self._recreate(conn, [hb for _, hb in beats if (hb.kind, hb.name) not in known])
             await add_events(
                 conn,
                 [
@@ -206,9 +192,7 @@ class HeartbeatConsumer(BatchConsumer):
         assert command is not None
         key = (hb.kind, hb.name)
         if key in known:
-            response = HeartbeatResponse(
-                status="ok", name=hb.name, runtime_id=known[key].runtime_id
-            )
+            response = HeartbeatResponse(status="ok", name=hb.name, runtime_id=known[key].runtime_id)
         elif key in recreated:
             runtime_id, runtime = recreated[key]
             response = HeartbeatResponse(
@@ -228,9 +212,7 @@ async def list_components(conn: AsyncConnection, payload: dict[str, Any]) -> dic
     query = ComponentQuery.model_validate(payload)
     rows = await store.list_components(conn, query.kind, query.runtime, query.status)
     items = [ComponentInfo.model_validate(row) for row in rows]
-    response = ListResponse(
-        items=items, count=len(items), runtime=query.runtime, status=query.status
-    )
+    response = ListResponse(items=items, count=len(items), runtime=query.runtime, status=query.status)
     return response.model_dump(mode="json")
 
 

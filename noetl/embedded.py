@@ -37,9 +37,7 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 
 def require_free(port: int, what: str, flag: str) -> None:
     if not port_is_free(port):
-        raise PortTaken(
-            f"port {HOST}:{port} for {what} is taken; stop what holds it or pass {flag}"
-        )
+        raise PortTaken(f"port {HOST}:{port} for {what} is taken; stop what holds it or pass {flag}")
 
 
 def free_port() -> int:
@@ -60,9 +58,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: 
     raise TimeoutError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
 
 
-def stop_process(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15
-) -> None:
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
     if proc.poll() is not None:
         return
     proc.send_signal(sig)

@@ -59,9 +59,7 @@ class Outcome(BaseModel):
     error: ErrorInfo | None = None
 
     @classmethod
-    def failed(
-        cls, request_id: str, code: ErrorCode, detail: Any, retry_after: int | None = None
-    ) -> Outcome:
+    def failed(cls, request_id: str, code: ErrorCode, detail: Any, retry_after: int | None = None) -> Outcome:
         return cls(
             request_id=request_id,
             error=ErrorInfo(code=code, detail=detail, retry_after=retry_after),

@@ -104,9 +104,7 @@ class Requester:
         return None
 
     async def stored_outcome(self, request_id: str, timeout: float) -> Outcome | None:
-        answer = await self.query(
-            subjects.QUERY_REQUEST_OUTCOME, {"request_id": request_id}, timeout
-        )
+        answer = await self.query(subjects.QUERY_REQUEST_OUTCOME, {"request_id": request_id}, timeout)
         stored = (answer.result or {}).get("outcome")
         return Outcome.model_validate(stored) if stored else None
 

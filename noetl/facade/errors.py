@@ -42,9 +42,7 @@ def outcome_response(outcome: Outcome, headers: dict[str, str] | None = None) ->
 
 
 def unavailable(detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail}, status_code=503, headers={"Retry-After": str(BUS_RETRY_AFTER)}
-    )
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(BUS_RETRY_AFTER)})
 
 
 def install(app: FastAPI) -> None:

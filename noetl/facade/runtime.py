@@ -47,9 +47,7 @@ async def _deregister(bus: Bus, kind: ComponentKind, name: str) -> JSONResponse:
     return await bus.command(subjects.RUNTIME_DEREGISTER, payload)
 
 
-async def _heartbeat(
-    bus: Bus, request: Request, kind: ComponentKind, body: HeartbeatRequest
-) -> JSONResponse:
+async def _heartbeat(bus: Bus, request: Request, kind: ComponentKind, body: HeartbeatRequest) -> JSONResponse:
     name = body.name or request.app.state.settings.worker_pool_name
     if not name:
         return JSONResponse(HeartbeatResponse(status="ok", name=None, runtime_id=None).as_body())
@@ -59,9 +57,7 @@ async def _heartbeat(
     )
 
 
-async def _list(
-    bus: Bus, kind: ComponentKind, runtime: str | None, status: str | None
-) -> JSONResponse:
+async def _list(bus: Bus, kind: ComponentKind, runtime: str | None, status: str | None) -> JSONResponse:
     return await bus.query(
         subjects.QUERY_RUNTIME_COMPONENTS, {"kind": kind, "runtime": runtime, "status": status}
     )
@@ -72,9 +68,7 @@ async def register_worker_pool(body: WorkerPoolRegistration, bus: Bus) -> JSONRe
     return await _register(bus, body)
 
 
-@router.delete(
-    "/worker/pool/deregister", response_model=RegistrationResponse, responses=COMMAND_ERRORS
-)
+@router.delete("/worker/pool/deregister", response_model=RegistrationResponse, responses=COMMAND_ERRORS)
 @router.post(
     "/worker/pool/deregister",
     response_model=RegistrationResponse,

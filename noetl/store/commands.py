@@ -31,9 +31,7 @@ async def stored(conn: AsyncConnection, request_ids: list[str]) -> dict[str, dic
     return {row["request_id"]: row for row in await cur.fetchall()}
 
 
-async def record(
-    conn: AsyncConnection, rows: list[tuple[str, str, str | None, dict[str, Any]]]
-) -> None:
+async def record(conn: AsyncConnection, rows: list[tuple[str, str, str | None, dict[str, Any]]]) -> None:
     """Record (request_id, type, fingerprint, outcome) rows."""
     if not rows:
         return
