@@ -129,6 +129,8 @@ class BatchConsumer(ABC):
                 log.warning("%s: fetch failed: %r", self.durable, exc)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            if not msgs:
+                continue
             try:
                 await self.handle(msgs)
             except Exception:  # unacked messages come back after ack_wait

@@ -103,10 +103,13 @@ class Bus:
         log.info("bus: reconnected to %s", self.nc.connected_url)
 
     async def close(self) -> None:
+        """Flush what was published (replies, acks), then close; drain would wait on pull fetches."""
         if self._task and not self._task.done():
             self._task.cancel()
-        if not self.nc.is_closed:
+        if self.nc.is_connected:
             try:
-                await self.nc.drain()
-            except Exception:
-                await self.nc.close()
+                await self.nc.flush(timeout=2)
+            except Exception as exc:
+                log.debug("bus: flush on close failed: %r", exc)
+        if not self.nc.is_closed:
+            await self.nc.close()
