@@ -10,6 +10,7 @@ decoded, or still fails on its last delivery, becomes a dead letter and the cons
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +27,7 @@ from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
+from noetl.settings import Settings
 from noetl.store import commands as command_store
 from noetl.store.outbox import NewEvent, add_events
 
@@ -123,7 +124,7 @@ class BatchConsumer(ABC):
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=FETCH_TIMEOUT)
-            except NatsTimeout:
+            except TimeoutError:  # nats' own TimeoutError is one too: nothing to fetch
                 continue
             except Exception as exc:  # the bus is away: wait and fetch again
                 log.warning("%s: fetch failed: %r", self.durable, exc)
@@ -143,6 +144,26 @@ class BatchConsumer(ABC):
 
 
 Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]
+
+
+def by_type(handlers: dict[str, Apply]) -> Apply:
+    """Apply in arrival order, each run of one command type as one batch of its handler."""
+
+    async def apply(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for command_type, run in itertools.groupby(commands, key=lambda c: c.type):
+            batch = list(run)
+            handler = handlers.get(command_type)
+            if handler is None:
+                outcomes += [
+                    Outcome.failed(c.id, "bad_request", f"unknown command type {command_type!r}")
+                    for c in batch
+                ]
+            else:
+                outcomes += await handler(conn, batch)
+        return outcomes
+
+    return apply
 
 
 class CommandConsumer(BatchConsumer):
@@ -246,6 +267,28 @@ class CommandConsumer(BatchConsumer):
             if outcome is not None:
                 await self.reply(delivery, outcome)
             await delivery.msg.ack()
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A command domain: its durable consumer, the subjects it applies, and the reads it serves."""
+
+    durable: str
+    commands: str
+    apply: Apply
+    queries: dict[str, Any]
+
+    def consumer(self, bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> CommandConsumer:
+        return CommandConsumer(
+            bus,
+            pool,
+            durable=self.durable,
+            filter_subject=self.commands,
+            apply=self.apply,
+            batch_size=settings.consumer_batch_size,
+            max_deliver=settings.consumer_max_deliver,
+            ack_wait=settings.consumer_ack_wait,
+        )
 
 
 def stored_outcome(command: Command, row: dict[str, Any]) -> Outcome:

@@ -10,7 +10,8 @@ from contextlib import AsyncExitStack
 
 from psycopg_pool import AsyncConnectionPool
 
-from consumers import queries, runtime
+from consumers import catalog, execution, queries, runtime
+from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
 from noetl.bus.connection import Bus
@@ -19,6 +20,9 @@ from noetl.store.db import open_pool
 from noetl.store.migrate import migrate
 
 log = logging.getLogger(__name__)
+
+
+Starter = Callable[["Context"], Awaitable[list[Awaitable[None]]]]
 
 
 class Context:
@@ -37,12 +41,20 @@ class Context:
             callback()
 
 
+def start_domain(domain: Domain) -> Starter:
+    async def start(ctx: Context) -> list[Awaitable[None]]:
+        commands = domain.consumer(ctx.bus, ctx.pool, ctx.settings)
+        ctx.on_stop.append(commands.stop)
+        await queries.serve(ctx.bus, ctx.pool, {**queries.OUTCOME_QUERIES, **domain.queries})
+        return [commands.run()]
+
+    return start
+
+
 async def start_runtime(ctx: Context) -> list[Awaitable[None]]:
-    commands = runtime.command_consumer(ctx.bus, ctx.pool, ctx.settings)
     heartbeats = runtime.HeartbeatConsumer(ctx.bus, ctx.pool, ctx.settings)
-    ctx.on_stop += [commands.stop, heartbeats.stop]
-    await queries.serve(ctx.bus, ctx.pool, {**queries.OUTCOME_QUERIES, **runtime.QUERIES})
-    return [commands.run(), heartbeats.run()]
+    ctx.on_stop.append(heartbeats.stop)
+    return [*await start_domain(runtime.DOMAIN)(ctx), heartbeats.run()]
 
 
 async def start_sweeper(ctx: Context) -> list[Awaitable[None]]:
@@ -61,8 +73,10 @@ async def start_outbox(ctx: Context) -> list[Awaitable[None]]:
     return [run_relay(ctx.settings.database_dsn(), ctx.bus, ctx.stop)]
 
 
-CONSUMERS: dict[str, Callable[[Context], Awaitable[list[Awaitable[None]]]]] = {
+CONSUMERS: dict[str, Starter] = {
     "runtime": start_runtime,
+    "catalog": start_domain(catalog.DOMAIN),
+    "execution": start_domain(execution.DOMAIN),
     "sweeper": start_sweeper,
     "outbox": start_outbox,
 }

@@ -57,7 +57,7 @@ def _responder(pool: AsyncConnectionPool, handler: Query) -> Callable[[Msg], Awa
 async def request_outcome(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     request_id = str(payload.get("request_id", ""))
     row = (await command_store.stored(conn, [request_id])).get(request_id)
-    return {"outcome": row["outcome"] if row else None}
+    return {"outcome": row["outcome"] if row else None, "fingerprint": row["fingerprint"] if row else None}
 
 
 OUTCOME_QUERIES: dict[str, Query] = {subjects.QUERY_REQUEST_OUTCOME: request_outcome}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +12,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from consumers.base import BatchConsumer, CommandConsumer, Delivery, decode, record_dead_letter
+from consumers.base import BatchConsumer, Delivery, Domain, by_type, decode, record_dead_letter
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import Command, Outcome
@@ -100,25 +98,12 @@ async def deregister(conn: AsyncConnection, commands: list[Command]) -> list[Out
     return [outcomes[c.id] for c in commands]
 
 
-HANDLERS: dict[str, Callable[[AsyncConnection, list[Command]], Any]] = {
-    subjects.command_type(subjects.RUNTIME_REGISTER): register,
-    subjects.command_type(subjects.RUNTIME_DEREGISTER): deregister,
-}
-
-
-async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    """Apply in arrival order, each run of one command type as one batch."""
-    outcomes: list[Outcome] = []
-    for command_type, run in itertools.groupby(commands, key=lambda c: c.type):
-        batch = list(run)
-        handler = HANDLERS.get(command_type)
-        if handler is None:
-            outcomes += [
-                Outcome.failed(c.id, "bad_request", f"unknown command type {command_type!r}") for c in batch
-            ]
-        else:
-            outcomes += await handler(conn, batch)
-    return outcomes
+apply_commands = by_type(
+    {
+        subjects.command_type(subjects.RUNTIME_REGISTER): register,
+        subjects.command_type(subjects.RUNTIME_DEREGISTER): deregister,
+    }
+)
 
 
 class HeartbeatConsumer(BatchConsumer):
@@ -219,14 +204,6 @@ async def list_components(conn: AsyncConnection, payload: dict[str, Any]) -> dic
 QUERIES = {subjects.QUERY_RUNTIME_COMPONENTS: list_components}
 
 
-def command_consumer(bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> CommandConsumer:
-    return CommandConsumer(
-        bus,
-        pool,
-        durable="runtime-commands",
-        filter_subject=subjects.RUNTIME_COMMANDS,
-        apply=apply_commands,
-        batch_size=settings.consumer_batch_size,
-        max_deliver=settings.consumer_max_deliver,
-        ack_wait=settings.consumer_ack_wait,
-    )
+DOMAIN = Domain(
+    durable="runtime-commands", commands=subjects.RUNTIME_COMMANDS, apply=apply_commands, queries=QUERIES
+)

@@ -115,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8083)
     api.set_defaults(func=_api)
 
-    consumer = sub.add_parser("consumer", help="run consumers: runtime, sweeper, outbox")
+    consumer = sub.add_parser("consumer", help="run consumers: runtime, catalog, execution, sweeper, outbox")
     consumer.add_argument("names", nargs="+", metavar="name")
     consumer.set_defaults(func=_consumer)
 

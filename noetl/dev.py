@@ -25,7 +25,7 @@ DB_ENV = (
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
 )
-CONSUMERS = ("runtime", "sweeper", "outbox")
+CONSUMERS = ("runtime", "catalog", "execution", "sweeper", "outbox")
 
 
 def default_data_dir() -> Path:

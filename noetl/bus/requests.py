@@ -37,7 +37,8 @@ class Requester:
         self.bus = bus
         self.client_id = new_request_id()
         self._prefix = subjects.reply_prefix(self.client_id)
-        self._waiting: dict[str, asyncio.Future[Outcome]] = {}
+        # Several sends may share one request id (one Idempotency-Key, concurrent retries).
+        self._waiting: dict[str, set[asyncio.Future[Outcome]]] = {}
 
     async def subscribe(self, bus: Bus) -> None:
         """An on-connect hook: listen for replies before the first command goes out."""
@@ -49,9 +50,9 @@ class Requester:
         except ValueError:
             log.warning("requester: undecodable reply on %s", msg.subject)
             return
-        future = self._waiting.get(outcome.request_id)
-        if future is not None and not future.done():
-            future.set_result(outcome)
+        for future in self._waiting.get(outcome.request_id, ()):
+            if not future.done():
+                future.set_result(outcome)
 
     def reply_subject(self, request_id: str) -> str:
         return subjects.reply(self.client_id, request_id)
@@ -63,17 +64,20 @@ class Requester:
         """
         self.bus.require()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiting[command.id] = future
+        waiters = self._waiting.setdefault(command.id, set())
+        waiters.add(future)
         try:
             ack = await self._publish(subject, command)
             if ack.duplicate:
                 # The stream already holds this request id: the outcome comes from the store.
-                return await self._await_stored(command.id, future, timeout)
+                return await self._await_stored(command, timeout)
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return None
         finally:
-            self._waiting.pop(command.id, None)
+            waiters.discard(future)
+            if not waiters and self._waiting.get(command.id) is waiters:
+                del self._waiting[command.id]
 
     async def _publish(self, subject: str, command: Command) -> Any:
         headers = {MSG_ID_HEADER: command.id, REPLY_TO_HEADER: self.reply_subject(command.id)}
@@ -87,26 +91,35 @@ class Requester:
         except (NatsTimeout, NoStreamResponseError, NoRespondersError, APIError) as exc:
             raise BusUnavailable(f"the bus did not accept the command: {exc!r}") from exc
 
-    async def _await_stored(
-        self, request_id: str, future: asyncio.Future[Outcome], timeout: float
-    ) -> Outcome | None:
+    async def _await_stored(self, command: Command, timeout: float) -> Outcome | None:
+        """The recorded outcome of a repeated request id; a conflict if its payload differs."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            if future.done():
-                return future.result()
             try:
-                stored = await self.stored_outcome(request_id, timeout=1.0)
+                answer = await self._stored(command.id, timeout=1.0)
             except QueryUnanswered:
-                stored = None
-            if stored is not None:
-                return stored
+                answer = None
+            if answer is not None:
+                outcome, stored_print = answer
+                if command.fingerprint and stored_print and command.fingerprint != stored_print:
+                    return Outcome.failed(
+                        command.id,
+                        "conflict",
+                        "this Idempotency-Key was already used for a different request",
+                    )
+                return outcome
             await asyncio.sleep(OUTCOME_POLL_INTERVAL)
         return None
 
-    async def stored_outcome(self, request_id: str, timeout: float) -> Outcome | None:
+    async def _stored(self, request_id: str, timeout: float) -> tuple[Outcome, str | None] | None:
         answer = await self.query(subjects.QUERY_REQUEST_OUTCOME, {"request_id": request_id}, timeout)
-        stored = (answer.result or {}).get("outcome")
-        return Outcome.model_validate(stored) if stored else None
+        result = answer.result or {}
+        stored = result.get("outcome")
+        return (Outcome.model_validate(stored), result.get("fingerprint")) if stored else None
+
+    async def stored_outcome(self, request_id: str, timeout: float) -> Outcome | None:
+        answer = await self._stored(request_id, timeout)
+        return answer[0] if answer else None
 
     async def query(self, subject: str, payload: dict[str, Any], timeout: float) -> Outcome:
         """A read: core request/reply to whichever consumer serves `subject`."""

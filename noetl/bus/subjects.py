@@ -21,8 +21,22 @@ RUNTIME_DEREGISTER = "noetl.cmd.runtime.deregister"
 
 HEARTBEAT_TYPE = "runtime.heartbeat"
 
+CATALOG_COMMANDS = "noetl.cmd.catalog.>"
+CATALOG_REGISTER = "noetl.cmd.catalog.register"
+
+EXECUTION_COMMANDS = "noetl.cmd.execution.>"
+EXECUTION_RUN = "noetl.cmd.execution.run"
+EXECUTION_CANCEL = "noetl.cmd.execution.cancel"
+
 QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
 QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
+QUERY_CATALOG_LIST = "noetl.qry.catalog.list"
+QUERY_CATALOG_ENTRY = "noetl.qry.catalog.entry"
+QUERY_EXECUTIONS = "noetl.qry.execution.list"
+QUERY_EXECUTION = "noetl.qry.execution.detail"
+QUERY_EXECUTION_EVENTS = "noetl.qry.execution.events"
+
+EXECUTION_EVENTS_ALL = "noetl.evt.execution.>"
 
 DEAD_LETTER_EVENT = "noetl.evt.system.dead_letter"
 
@@ -49,6 +63,21 @@ def heartbeat(kind: str, name: str) -> str:
 
 def runtime_event(kind: str, name: str, event_type: str) -> str:
     return f"noetl.evt.runtime.{token(kind)}.{token(name)}.{token(event_type)}"
+
+
+def catalog_event(path: str, event_type: str) -> str:
+    return f"noetl.evt.catalog.{token(path)}.{token(event_type)}"
+
+
+def execution_event(execution_id: str, event_type: str) -> str:
+    return f"noetl.evt.execution.{token(execution_id)}.{token(event_type)}"
+
+
+def execution_events(execution_id: str | None = None, event_type: str | None = None) -> str:
+    """A filter for subscribers: one execution, one event type, both, or everything."""
+    execution = token(execution_id) if execution_id else "*"
+    kind = token(event_type) if event_type else "*"
+    return f"noetl.evt.execution.{execution}.{kind}"
 
 
 def reply_prefix(client_id: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from noetl.contracts.errors import BadRequest
 from noetl.contracts.fields import JsonObject, Name, OutId, StrippedStr
 
 ComponentKind = Literal["worker_pool", "broker", "server_api", "scheduler", "monitor"]
@@ -16,7 +17,7 @@ OFFLINE = "offline"
 READY = "ready"
 
 
-class MissingUri(ValueError):
+class MissingUri(BadRequest):
     """`uri` is required for this kind: a 400, not a 422, as the original API answered."""
 
 
@@ -68,6 +69,9 @@ class WorkerPoolRegistration(RuntimeRegistration):
 
 
 class BrokerRegistration(RuntimeRegistration):
+    # The default too: a field validator does not run on a default value.
+    kind: ComponentKind = Field("broker", alias="component_type")
+
     @field_validator("kind", mode="before")
     @classmethod
     def _broker(cls, _: Any) -> str:

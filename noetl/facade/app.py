@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from noetl.bus.connection import Bus
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
-from noetl.facade import errors, runtime, system
+from noetl.facade import catalog, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
 from noetl.settings import Settings, get_settings
 
@@ -48,4 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(system.router)
     app.include_router(runtime.router)
+    app.include_router(catalog.router)
+    app.include_router(executions.router)
     return app

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from noetl.bus.connection import BusUnavailable
 from noetl.bus.envelope import ErrorCode, Outcome
 from noetl.bus.requests import QueryUnanswered
-from noetl.contracts.runtime import MissingUri
+from noetl.contracts.errors import BadRequest
 
 BUS_RETRY_AFTER = 2
 
@@ -52,8 +52,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(QueryUnanswered)
     async def _no_reader(_: Request, exc: QueryUnanswered) -> JSONResponse:
-        return unavailable(f"the registry cannot be read right now: {exc}")
+        return unavailable(f"this cannot be read right now: {exc}")
 
-    @app.exception_handler(MissingUri)
-    async def _missing_uri(_: Request, exc: MissingUri) -> JSONResponse:
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)

@@ -1,0 +1,202 @@
+"""Executions: accept a run (catalog lookup, workload, record and start event in one transaction),
+cancel, and the reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from pydantic import ValidationError
+
+from consumers.base import Domain, by_type
+from consumers.queries import NotFound
+from noetl import playbook
+from noetl.bus import subjects
+from noetl.bus.envelope import Command, Outcome
+from noetl.contracts.execution import (
+    CancelCommand,
+    ExecutionDetail,
+    ExecutionEvent,
+    ExecutionList,
+    ExecutionQuery,
+    ExecutionRequest,
+    ExecutionResponse,
+)
+from noetl.store import catalog as catalog_store
+from noetl.store import executions as store
+from noetl.store.outbox import NewEvent, add_events
+
+RUNNING = "running"
+
+
+def execution_event(row: dict[str, Any], event_type: str, **payload: Any) -> NewEvent:
+    execution_id = str(row["execution_id"])
+    return NewEvent(
+        type=event_type,
+        subject=subjects.execution_event(execution_id, event_type),
+        entity={"domain": "execution", "execution_id": execution_id},
+        payload={"status": row["status"], "path": row["path"], "version": row["version"], **payload},
+    )
+
+
+def _numeric(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() and len(value) < 19 else None
+
+
+async def _lookup(conn: AsyncConnection, request: ExecutionRequest) -> dict[str, Any] | str:
+    """The catalog entry to run, or why none was found."""
+    if request.catalog_id:
+        catalog_id = _numeric(request.catalog_id)
+        row = await catalog_store.by_id(conn, catalog_id) if catalog_id is not None else None
+        return row or f"catalog entry not found: catalog_id {request.catalog_id!r}"
+    path = request.playbook_path() or ""
+    version = None if request.version == "latest" else int(request.version)
+    row = await catalog_store.by_path(conn, path.strip("/"), version)
+    return row or f"catalog entry not found: path {path!r}, version {request.version}"
+
+
+async def run(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for command in commands:
+        try:
+            request = ExecutionRequest.model_validate(command.payload)
+        except ValidationError as exc:
+            outcomes.append(
+                Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
+            )
+            continue
+        entry = await _lookup(conn, request)
+        if isinstance(entry, str):
+            outcomes.append(Outcome.failed(command.id, "not_found", entry))
+            continue
+        parent = request.parent()
+        row = await store.add(
+            conn,
+            {
+                "catalog_id": entry["catalog_id"],
+                "path": entry["path"],
+                "version": entry["version"],
+                "type": request.type,
+                "status": RUNNING,
+                "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
+                "parameters": request.parameters,
+                "merge": request.merge,
+                "parent_execution_id": parent.parent_execution_id,
+                "parent_event_id": parent.parent_event_id,
+                "parent_step": parent.parent_step,
+                "metadata": request.metadata,
+            },
+        )
+        await add_events(
+            conn,
+            [
+                execution_event(
+                    row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=command.id
+                )
+            ],
+        )
+        outcomes.append(
+            Outcome(request_id=command.id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
+        )
+    return outcomes
+
+
+async def cancel(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for command in commands:
+        try:
+            request = CancelCommand.model_validate(command.payload)
+        except ValidationError as exc:
+            outcomes.append(
+                Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
+            )
+            continue
+        execution_id = _numeric(request.execution_id)
+        row = await store.cancel(conn, execution_id) if execution_id is not None else None
+        if row is not None:
+            await add_events(conn, [execution_event(row, "execution_cancelled", reason=request.reason)])
+        elif execution_id is not None:
+            row = await store.get(conn, execution_id)  # already ended: cancelling again is harmless
+        if row is None:
+            outcomes.append(
+                Outcome.failed(command.id, "not_found", f"execution not found: {request.execution_id!r}")
+            )
+        else:
+            outcomes.append(
+                Outcome(request_id=command.id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
+            )
+    return outcomes
+
+
+apply_commands = by_type(
+    {
+        subjects.command_type(subjects.EXECUTION_RUN): run,
+        subjects.command_type(subjects.EXECUTION_CANCEL): cancel,
+    }
+)
+
+
+def _event(row: dict[str, Any], execution_id: int) -> ExecutionEvent:
+    return ExecutionEvent(
+        event_id=row["event_id"],
+        execution_id=execution_id,
+        event_type=row["type"],
+        timestamp=row["created_at"],
+        payload=row["payload"],
+    )
+
+
+async def _execution(conn: AsyncConnection, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    raw = str(payload.get("execution_id", ""))
+    execution_id = _numeric(raw)
+    row = await store.get(conn, execution_id) if execution_id is not None else None
+    if row is None:
+        raise NotFound(f"execution not found: {raw!r}")
+    return row["execution_id"], row
+
+
+async def detail(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    execution_id, row = await _execution(conn, payload)
+    events = [_event(e, execution_id) for e in await store.events(conn, execution_id)]
+    summary = ExecutionResponse.from_row(row).model_dump()
+    return ExecutionDetail(
+        **summary,
+        workload=row["workload"],
+        parent_execution_id=row["parent_execution_id"],
+        parent_event_id=row["parent_event_id"],
+        parent_step=row["parent_step"],
+        metadata=row["metadata"],
+        events=events,
+    ).model_dump(mode="json")
+
+
+async def events(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    execution_id, _ = await _execution(conn, payload)
+    rows = await store.events(conn, execution_id)
+    return {
+        "execution_id": str(execution_id),
+        "events": [_event(e, execution_id).model_dump(mode="json") for e in rows],
+    }
+
+
+async def listing(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    query = ExecutionQuery.model_validate(payload)
+    rows = await store.page(
+        conn, status=query.status, path=query.path, limit=query.limit, offset=query.offset
+    )
+    items = [ExecutionResponse.from_row(r) for r in rows]
+    return ExecutionList(items=items, count=len(items), limit=query.limit, offset=query.offset).model_dump(
+        mode="json"
+    )
+
+
+QUERIES = {
+    subjects.QUERY_EXECUTIONS: listing,
+    subjects.QUERY_EXECUTION: detail,
+    subjects.QUERY_EXECUTION_EVENTS: events,
+}
+
+
+DOMAIN = Domain(
+    durable="execution-commands", commands=subjects.EXECUTION_COMMANDS, apply=apply_commands, queries=QUERIES
+)

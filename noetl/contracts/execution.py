@@ -1,0 +1,150 @@
+"""The execution API's contracts: the request with every alias old clients send, and the answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from noetl.contracts.fields import IdStr, JsonObject, OutId
+
+ExecutionType = Literal["playbook", "tool", "model", "workflow"]
+LATEST = "latest"
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class ExecutionContext(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    parent_execution_id: IdStr | None = None
+    parent_event_id: IdStr | None = None
+    parent_step: IdStr | None = None
+
+
+class ExecutionRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    catalog_id: IdStr | None = None
+    path: IdStr | None = None
+    playbook_id: IdStr | None = None
+    version: IdStr = LATEST
+    type: ExecutionType = Field("playbook", alias="execution_type")
+    parameters: JsonObject = Field(default_factory=dict, alias="input_payload")
+    merge: bool = False
+    sync_to_postgres: bool = True
+    context: ExecutionContext | None = None
+    parent_execution_id: IdStr | None = None
+    parent_event_id: IdStr | None = None
+    parent_step: IdStr | None = None
+    metadata: JsonObject | None = None
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() == LATEST or not value:
+            return LATEST
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError("must be a positive integer or 'latest'")
+        return str(int(value))
+
+    @model_validator(mode="after")
+    def _identified(self) -> ExecutionRequest:
+        if not (self.catalog_id or self.path or self.playbook_id):
+            raise ValueError("one of catalog_id, path or playbook_id is required")
+        return self
+
+    def playbook_path(self) -> str | None:
+        return self.path or self.playbook_id
+
+    def parent(self) -> ExecutionContext:
+        """The parent context, nested or flat (nested wins)."""
+        nested = self.context or ExecutionContext()
+        return ExecutionContext(
+            parent_execution_id=nested.parent_execution_id or self.parent_execution_id,
+            parent_event_id=nested.parent_event_id or self.parent_event_id,
+            parent_step=nested.parent_step or self.parent_step,
+        )
+
+
+class ExecutionResponse(BaseModel):
+    execution_id: OutId
+    id: OutId
+    catalog_id: OutId
+    path: str
+    playbook_id: str
+    playbook_name: str
+    version: str
+    type: ExecutionType
+    execution_type: ExecutionType
+    status: str
+    timestamp: datetime
+    start_time: datetime
+    end_time: datetime | None = None
+    progress: int = 0
+    result: Any = None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ExecutionResponse:
+        path = row["path"]
+        return cls(
+            execution_id=row["execution_id"],
+            id=row["execution_id"],
+            catalog_id=row["catalog_id"],
+            path=path,
+            playbook_id=path,
+            playbook_name=path.rsplit("/", 1)[-1],
+            version=str(row["version"]),
+            type=row["type"],
+            execution_type=row["type"],
+            status=row["status"],
+            timestamp=row["updated_at"],
+            start_time=row["start_time"],
+            end_time=row["end_time"],
+            progress=row["progress"],
+            result=row["result"],
+            error=row["error"],
+        )
+
+
+class ExecutionEvent(BaseModel):
+    event_id: OutId
+    execution_id: OutId
+    event_type: str
+    timestamp: datetime
+    payload: dict[str, Any]
+
+
+class ExecutionDetail(ExecutionResponse):
+    workload: dict[str, Any]
+    parent_execution_id: str | None = None
+    parent_event_id: str | None = None
+    parent_step: str | None = None
+    metadata: dict[str, Any] | None = None
+    events: list[ExecutionEvent] = Field(default_factory=list)
+
+
+class ExecutionList(BaseModel):
+    items: list[ExecutionResponse]
+    count: int
+    limit: int
+    offset: int
+
+
+class ExecutionQuery(BaseModel):
+    status: str | None = None
+    path: str | None = None
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class CancelCommand(BaseModel):
+    execution_id: IdStr
+    reason: str | None = None

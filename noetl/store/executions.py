@@ -1,0 +1,75 @@
+"""SQL for executions and their events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from noetl.contracts.execution import TERMINAL
+
+INSERT = """
+INSERT INTO executions (catalog_id, path, version, type, status, workload, parameters, merge,
+                        parent_execution_id, parent_event_id, parent_step, metadata)
+VALUES (%(catalog_id)s, %(path)s, %(version)s, %(type)s, %(status)s, %(workload)s, %(parameters)s,
+        %(merge)s, %(parent_execution_id)s, %(parent_event_id)s, %(parent_step)s, %(metadata)s)
+RETURNING *
+"""
+
+JSON_COLUMNS = ("workload", "parameters", "metadata")
+
+
+async def add(conn: AsyncConnection, row: dict[str, Any]) -> dict[str, Any]:
+    values = {k: Jsonb(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+    cur = await conn.execute(INSERT, values)
+    added = await cur.fetchone()
+    assert added is not None
+    return added
+
+
+async def get(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None:
+    cur = await conn.execute("SELECT * FROM executions WHERE execution_id = %s", (execution_id,))
+    return await cur.fetchone()
+
+
+# Terminal states are never overwritten: the WHERE clause is the state machine's guard.
+CANCEL = """
+UPDATE executions SET status = 'cancelled', end_time = now(), updated_at = now()
+WHERE execution_id = %s AND status <> ALL(%s)
+RETURNING *
+"""
+
+
+async def cancel(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None:
+    """The cancelled row, or None when there is nothing to cancel (unknown or already ended)."""
+    cur = await conn.execute(CANCEL, (execution_id, list(TERMINAL)))
+    return await cur.fetchone()
+
+
+LIST = """
+SELECT * FROM executions
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(path)s::text IS NULL OR path = %(path)s)
+ORDER BY execution_id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+"""
+
+
+async def page(
+    conn: AsyncConnection, *, status: str | None, path: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    cur = await conn.execute(LIST, {"status": status, "path": path, "limit": limit, "offset": offset})
+    return await cur.fetchall()
+
+
+EVENTS = """
+SELECT event_id, type, payload, created_at FROM events
+WHERE entity ->> 'domain' = 'execution' AND (entity ->> 'execution_id')::bigint = %s
+ORDER BY event_id
+"""
+
+
+async def events(conn: AsyncConnection, execution_id: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(EVENTS, (execution_id,))
+    return await cur.fetchall()
