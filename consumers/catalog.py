@@ -11,7 +11,7 @@ from consumers.base import Domain, by_type
 from consumers.queries import NotFound
 from noetl import playbook
 from noetl.bus import subjects
-from noetl.bus.envelope import Command, Outcome
+from noetl.bus.envelope import Command, Outcome, invalid
 from noetl.contracts.catalog import (
     MAX_PATH_LENGTH,
     CatalogCommand,
@@ -32,7 +32,7 @@ def _parsed(command: Command) -> tuple[str, dict[str, Any], CatalogCommand] | Ou
         playbook.validate(document, registration.resource_type)
         path = playbook.catalog_path(document)
     except ValidationError as exc:
-        return Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
+        return invalid(command.id, exc)
     except playbook.PlaybookError as exc:
         return Outcome.failed(command.id, "bad_request", str(exc))
     if len(path) > MAX_PATH_LENGTH:

@@ -3,16 +3,20 @@ cancel, and the reads."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from psycopg import AsyncConnection
 from pydantic import ValidationError
 
+from consumers import broker
 from consumers.base import Domain, by_type
+from consumers.broker import execution_event
 from consumers.queries import NotFound
 from noetl import playbook
 from noetl.bus import subjects
-from noetl.bus.envelope import Command, Outcome
+from noetl.bus.envelope import Command, Outcome, invalid
 from noetl.contracts.execution import (
     CancelCommand,
     ExecutionDetail,
@@ -22,21 +26,14 @@ from noetl.contracts.execution import (
     ExecutionRequest,
     ExecutionResponse,
 )
+from noetl.contracts.jobs import DeadJob, StepReport
 from noetl.store import catalog as catalog_store
+from noetl.store import commands as command_store
 from noetl.store import executions as store
-from noetl.store.outbox import NewEvent, add_events
+from noetl.store import jobs as job_store
+from noetl.store.outbox import add_events
 
 RUNNING = "running"
-
-
-def execution_event(row: dict[str, Any], event_type: str, **payload: Any) -> NewEvent:
-    execution_id = str(row["execution_id"])
-    return NewEvent(
-        type=event_type,
-        subject=subjects.execution_event(execution_id, event_type),
-        entity={"domain": "execution", "execution_id": execution_id},
-        payload={"status": row["status"], "path": row["path"], "version": row["version"], **payload},
-    )
 
 
 def _numeric(value: str | None) -> int | None:
@@ -61,9 +58,7 @@ async def run(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
         try:
             request = ExecutionRequest.model_validate(command.payload)
         except ValidationError as exc:
-            outcomes.append(
-                Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
-            )
+            outcomes.append(invalid(command.id, exc))
             continue
         entry = await _lookup(conn, request)
         if isinstance(entry, str):
@@ -95,6 +90,7 @@ async def run(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
                 )
             ],
         )
+        await broker.start(conn, row)
         outcomes.append(
             Outcome(request_id=command.id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
         )
@@ -107,13 +103,12 @@ async def cancel(conn: AsyncConnection, commands: list[Command]) -> list[Outcome
         try:
             request = CancelCommand.model_validate(command.payload)
         except ValidationError as exc:
-            outcomes.append(
-                Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
-            )
+            outcomes.append(invalid(command.id, exc))
             continue
         execution_id = _numeric(request.execution_id)
         row = await store.cancel(conn, execution_id) if execution_id is not None else None
         if row is not None:
+            await job_store.abandon_active(conn, row["execution_id"])
             await add_events(conn, [execution_event(row, "execution_cancelled", reason=request.reason)])
         elif execution_id is not None:
             row = await store.get(conn, execution_id)  # already ended: cancelling again is harmless
@@ -128,10 +123,49 @@ async def cancel(conn: AsyncConnection, commands: list[Command]) -> list[Outcome
     return outcomes
 
 
+async def report(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    """Workers' reports about jobs, applied through the broker's state machine."""
+    outcomes: list[Outcome] = []
+    for command in commands:
+        try:
+            step_report = StepReport.model_validate(command.payload)
+        except ValidationError as exc:
+            outcomes.append(invalid(command.id, exc))
+            continue
+        applied = await broker.apply_report(conn, step_report)
+        outcomes.append(Outcome(request_id=command.id, result={"status": applied}))
+    return outcomes
+
+
+async def dead_job(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    """A job message a worker could not decode, kept with its original bytes."""
+    outcomes: list[Outcome] = []
+    for command in commands:
+        try:
+            dead = DeadJob.model_validate(command.payload)
+            data = base64.b64decode(dead.data)
+        except (ValidationError, binascii.Error) as exc:
+            outcomes.append(Outcome.failed(command.id, "invalid", str(exc)))
+            continue
+        letter_id = await command_store.dead_letter(
+            conn,
+            subject=dead.subject,
+            consumer=dead.consumer,
+            reason=dead.reason,
+            headers=None,
+            data=data,
+            deliveries=dead.deliveries,
+        )
+        outcomes.append(Outcome(request_id=command.id, result={"dead_letter_id": str(letter_id)}))
+    return outcomes
+
+
 apply_commands = by_type(
     {
         subjects.command_type(subjects.EXECUTION_RUN): run,
         subjects.command_type(subjects.EXECUTION_CANCEL): cancel,
+        subjects.command_type(subjects.EXECUTION_REPORT): report,
+        subjects.command_type(subjects.EXECUTION_DEAD_JOB): dead_job,
     }
 )
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from consumers.base import BatchConsumer, Delivery, Domain, by_type, decode, record_dead_letter
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import Command, Outcome
+from noetl.bus.envelope import Command, Outcome, invalid
 from noetl.bus.streams import heartbeat_consumer
 from noetl.contracts.runtime import (
     ComponentInfo,
@@ -44,10 +44,6 @@ def event(kind: str, name: str, what: str, **payload: Any) -> NewEvent:
     )
 
 
-def _invalid(command: Command, exc: ValidationError) -> Outcome:
-    return Outcome.failed(command.id, "invalid", exc.errors(include_url=False, include_context=False))
-
-
 async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
     valid: list[tuple[Command, RuntimeRegistration]] = []
@@ -56,7 +52,7 @@ async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outco
             reg = RuntimeRegistration.model_validate(command.payload)
             reg.require_uri()
         except ValidationError as exc:
-            outcomes[command.id] = _invalid(command, exc)
+            outcomes[command.id] = invalid(command.id, exc)
             continue
         except MissingUri as exc:
             outcomes[command.id] = Outcome.failed(command.id, "bad_request", str(exc))
@@ -86,7 +82,7 @@ async def deregister(conn: AsyncConnection, commands: list[Command]) -> list[Out
         try:
             valid.append((command, Deregistration.model_validate(command.payload)))
         except ValidationError as exc:
-            outcomes[command.id] = _invalid(command, exc)
+            outcomes[command.id] = invalid(command.id, exc)
     rows = await store.mark_offline(conn, [(d.kind, d.name) for _, d in valid])
     await add_events(
         conn,

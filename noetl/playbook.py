@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from noetl.templates import render, truthy
 
 PLAYBOOK_KIND = "Playbook"
 
@@ -36,6 +39,12 @@ def catalog_path(document: dict[str, Any]) -> str:
     raise PlaybookError("the playbook has no path: set metadata.path or metadata.name")
 
 
+def runtime(document: dict[str, Any]) -> str:
+    """The worker pools' runtime that runs this playbook's steps (`runtime`, default python)."""
+    metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
+    return str(document.get("runtime") or metadata.get("runtime") or "python").strip().lower()
+
+
 def validate(document: dict[str, Any], resource_type: str) -> None:
     kind = document.get("kind", resource_type)
     if kind != resource_type:
@@ -50,6 +59,7 @@ def validate(document: dict[str, Any], resource_type: str) -> None:
         workload = document.get("workload", {})
         if workload is not None and not isinstance(workload, dict):
             raise PlaybookError("`workload` must be a mapping")
+        Workflow(document)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -67,3 +77,99 @@ def workload(document: dict[str, Any], parameters: dict[str, Any], merge: bool) 
     """The execution's workload: the playbook's, overridden by the request's parameters."""
     base = document.get("workload") or {}
     return deep_merge(base, parameters) if merge else {**base, **parameters}
+
+
+START = "start"
+END = "end"
+STEP_TYPES = frozenset({"python", "http"})
+
+
+@dataclass(frozen=True, slots=True)
+class NextItem:
+    step: str
+    when: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str
+    definition: dict[str, Any]
+    next: tuple[NextItem, ...] = field(default=())
+
+    @property
+    def type(self) -> str | None:
+        """The action type; None for control steps (start, end, routers), which the broker runs."""
+        return self.definition.get("type")
+
+    @property
+    def ends_branch(self) -> bool:
+        return self.name == END or not self.next
+
+
+def _next_items(name: str, raw: Any) -> tuple[NextItem, ...]:
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    parsed = []
+    for item in items:
+        if isinstance(item, str):
+            parsed.append(NextItem(item))
+        elif isinstance(item, dict) and isinstance(item.get("step"), str):
+            parsed.append(NextItem(item["step"], item.get("when")))
+        else:
+            raise PlaybookError(f"step {name!r}: each `next` item needs a `step` name, got {item!r}")
+    return tuple(parsed)
+
+
+class Workflow:
+    """A playbook's steps as a graph, checked when it is built."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.steps: dict[str, Step] = {}
+        for raw in document.get("workflow") or []:
+            name = raw["step"]
+            if name in self.steps:
+                raise PlaybookError(f"step {name!r} is defined twice")
+            step_type = raw.get("type")
+            if step_type is not None and step_type not in STEP_TYPES:
+                raise PlaybookError(
+                    f"step {name!r}: unknown type {step_type!r} (known: {sorted(STEP_TYPES)})"
+                )
+            self.steps[name] = Step(name, raw, _next_items(name, raw.get("next")))
+        self._check()
+
+    def _check(self) -> None:
+        if START not in self.steps:
+            raise PlaybookError("the workflow has no `start` step")
+        for step in self.steps.values():
+            for item in step.next:
+                if item.step not in self.steps:
+                    raise PlaybookError(f"step {step.name!r}: `next` names a missing step {item.step!r}")
+        reachable = self._reachable_from(START)
+        exits = {name for name, step in self.steps.items() if step.ends_branch}
+        can_exit = set(exits)
+        changed = True
+        while changed:
+            changed = False
+            for step in self.steps.values():
+                if step.name not in can_exit and any(i.step in can_exit for i in step.next):
+                    can_exit.add(step.name)
+                    changed = True
+        trapped = sorted(reachable - can_exit)
+        if trapped:
+            raise PlaybookError(f"a cycle with no exit: steps {trapped} can never reach `end`")
+
+    def _reachable_from(self, name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo += [item.step for item in self.steps[current].next]
+        return seen
+
+    def following(self, name: str, context: dict[str, Any]) -> list[str]:
+        """The steps taken after `name`: those whose `when` is true, else those without `when`."""
+        items = self.steps[name].next
+        chosen = [i.step for i in items if i.when is not None and truthy(render(i.when, context))]
+        return chosen or [i.step for i in items if i.when is None]

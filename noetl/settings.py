@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     runtime_sweep_interval: float = Field(15.0, gt=0)
     worker_heartbeat_interval: float = Field(5.0, gt=0)
 
+    job_lease_seconds: float = Field(30.0, gt=0)
+    job_max_deliver: int = Field(5, ge=1)
+    worker_grace_seconds: float = Field(30.0, ge=0)
+    step_timeout_seconds: float = Field(300.0, gt=0)
+
     consumer_batch_size: int = Field(512, ge=1, le=4096)
     consumer_max_deliver: int = Field(5, ge=1)
     consumer_ack_wait: float = Field(30.0, gt=0)

@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
@@ -64,6 +64,11 @@ class Outcome(BaseModel):
             request_id=request_id,
             error=ErrorInfo(code=code, detail=detail, retry_after=retry_after),
         )
+
+
+def invalid(request_id: str, exc: ValidationError) -> Outcome:
+    """A payload that does not validate: the outcome carries pydantic's errors, like a 422."""
+    return Outcome.failed(request_id, "invalid", exc.errors(include_url=False, include_context=False))
 
 
 class Event(BaseModel):

@@ -39,6 +39,15 @@ STREAMS: tuple[StreamConfig, ...] = (
         max_age=120.0,
         duplicate_window=10.0,
     ),
+    # Jobs are work for the pools of one runtime: kept until a worker has run and acked them.
+    StreamConfig(
+        name=subjects.JOBS_STREAM,
+        subjects=[subjects.JOBS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DUPLICATE_WINDOW,
+        max_age=7 * 24 * 3600,
+    ),
     # Events are the product for subscribers: kept for replay.
     StreamConfig(
         name=subjects.EVENTS_STREAM,
@@ -77,6 +86,19 @@ def heartbeat_consumer(durable: str, *, ack_wait: float) -> ConsumerConfig:
         max_deliver=3,
         ack_wait=ack_wait,
         max_ack_pending=50_000,
+    )
+
+
+def job_consumer(runtime: str, *, lease: float, max_deliver: int) -> ConsumerConfig:
+    """The pools of one runtime share this durable; its ack wait is the job's lease."""
+    return ConsumerConfig(
+        durable_name=f"jobs-{subjects.token(runtime)}",
+        filter_subject=subjects.job(runtime),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=max_deliver,
+        ack_wait=lease,
+        max_ack_pending=10_000,
     )
 
 

@@ -1,8 +1,9 @@
 """Every subject and stream name the system uses, and nothing else.
 
 Hierarchy: ``noetl.<class>.<domain>...``. Classes: ``cmd`` (durable commands), ``hb``
-(heartbeats), ``evt`` (events for subscribers), ``qry`` (core request/reply reads), ``reply``
-(answers to a command's requester). Any name that reaches a subject goes through ``token``.
+(heartbeats), ``evt`` (events for subscribers), ``job`` (steps for worker pools, by runtime),
+``qry`` (core request/reply reads), ``reply`` (answers to a command's requester).
+Any name that reaches a subject goes through ``token``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 COMMANDS_STREAM = "NOETL_COMMANDS"
 HEARTBEATS_STREAM = "NOETL_HEARTBEATS"
 EVENTS_STREAM = "NOETL_EVENTS"
+JOBS_STREAM = "NOETL_JOBS"
 
 COMMANDS_ALL = "noetl.cmd.>"
 HEARTBEATS_ALL = "noetl.hb.>"
 EVENTS_ALL = "noetl.evt.>"
+JOBS_ALL = "noetl.job.>"
 
 RUNTIME_COMMANDS = "noetl.cmd.runtime.>"
 RUNTIME_REGISTER = "noetl.cmd.runtime.register"
@@ -27,6 +30,8 @@ CATALOG_REGISTER = "noetl.cmd.catalog.register"
 EXECUTION_COMMANDS = "noetl.cmd.execution.>"
 EXECUTION_RUN = "noetl.cmd.execution.run"
 EXECUTION_CANCEL = "noetl.cmd.execution.cancel"
+EXECUTION_REPORT = "noetl.cmd.execution.report"
+EXECUTION_DEAD_JOB = "noetl.cmd.execution.dead_job"
 
 QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
 QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
@@ -78,6 +83,11 @@ def execution_events(execution_id: str | None = None, event_type: str | None = N
     execution = token(execution_id) if execution_id else "*"
     kind = token(event_type) if event_type else "*"
     return f"noetl.evt.execution.{execution}.{kind}"
+
+
+def job(runtime: str) -> str:
+    """Jobs for the worker pools of one runtime."""
+    return f"noetl.job.{token(runtime)}"
 
 
 def reply_prefix(client_id: str) -> str:

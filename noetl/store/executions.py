@@ -33,6 +33,36 @@ async def get(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None
     return await cur.fetchone()
 
 
+async def lock(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None:
+    cur = await conn.execute("SELECT * FROM executions WHERE execution_id = %s FOR UPDATE", (execution_id,))
+    return await cur.fetchone()
+
+
+FINISH = """
+UPDATE executions SET status = %s, result = %s, error = %s,
+       progress = CASE WHEN %s THEN 100 ELSE progress END, end_time = now(), updated_at = now()
+WHERE execution_id = %s AND status <> ALL(%s)
+RETURNING *
+"""
+
+
+async def finish(
+    conn: AsyncConnection, execution_id: int, *, status: str, result: Any = None, error: str | None = None
+) -> dict[str, Any] | None:
+    """End an execution; None if it had already ended (a terminal state is never overwritten)."""
+    cur = await conn.execute(
+        FINISH, (status, Jsonb(result), error, status == "completed", execution_id, list(TERMINAL))
+    )
+    return await cur.fetchone()
+
+
+async def set_progress(conn: AsyncConnection, execution_id: int, progress: int) -> None:
+    await conn.execute(
+        "UPDATE executions SET progress = %s, updated_at = now() WHERE execution_id = %s",
+        (progress, execution_id),
+    )
+
+
 # Terminal states are never overwritten: the WHERE clause is the state machine's guard.
 CANCEL = """
 UPDATE executions SET status = 'cancelled', end_time = now(), updated_at = now()

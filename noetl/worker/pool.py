@@ -26,6 +26,7 @@ from noetl.contracts.runtime import Deregistration, Heartbeat, WorkerPoolRegistr
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT = 10.0
+DEREGISTER_WAIT = 2.0  # the command is durable once the stream has it; the reply is a courtesy
 
 
 class RegistrationFailed(RuntimeError):
@@ -49,6 +50,10 @@ class WorkerPool:
     @property
     def name(self) -> str:
         return self.registration.name
+
+    def healthy(self) -> bool:
+        """Registered and not told it is unknown: only then does the pool take jobs."""
+        return self.runtime_id is not None and not self._unknown.is_set()
 
     async def start(self) -> None:
         """Subscribe for replies, then register (before the first beat), retrying until it takes."""
@@ -120,5 +125,5 @@ class WorkerPool:
             type=subjects.command_type(subjects.RUNTIME_DEREGISTER),
             payload=Deregistration(name=self.name, kind="worker_pool").model_dump(),
         )
-        outcome = await self.requester.send(subjects.RUNTIME_DEREGISTER, command, REGISTER_TIMEOUT)
+        outcome = await self.requester.send(subjects.RUNTIME_DEREGISTER, command, DEREGISTER_WAIT)
         log.info("worker pool %s deregistered (%s)", self.name, "ok" if outcome else "accepted")

@@ -1,0 +1,208 @@
+"""A worker pool's job loop: pull at most `capacity` jobs, run them under a lease, report.
+
+The job's JetStream ack wait is its lease; the worker renews it (`in_progress`) while a step runs.
+A worker that dies stops renewing, and the job is redelivered to another worker; the broker
+ignores whatever the dead attempt might still say. On stop the worker takes no new jobs, lets
+running steps finish within the grace period, and hands the rest back for redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable
+
+import httpx
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from noetl.bus import subjects
+from noetl.bus.connection import Bus
+from noetl.bus.envelope import MSG_ID_HEADER, Command, Event
+from noetl.bus.streams import ensure_consumer, job_consumer
+from noetl.contracts.jobs import DeadJob, Job, ReportKind, StepReport
+from noetl.settings import Settings
+from noetl.worker.sandbox import SandboxPool
+from noetl.worker.steps import StepFailed, StepRunner, retry_of
+
+log = logging.getLogger(__name__)
+
+LEASE_RENEW_FRACTION = 0.5
+STOP_SIGNALS = ("execution_cancelled", "execution_failed")
+
+
+class JobRunner:
+    def __init__(self, bus: Bus, *, worker: str, runtime: str, capacity: int, settings: Settings) -> None:
+        self.bus = bus
+        self.worker = worker
+        self.runtime = runtime
+        self.capacity = max(1, capacity)
+        self.settings = settings
+        self.sandboxes = SandboxPool(self.capacity)
+        self._running: dict[asyncio.Task[None], str] = {}
+        self._slot_free = asyncio.Event()
+        self._handing_back = False
+
+    async def run(self, stop: asyncio.Event, accepting: Callable[[], bool] = lambda: True) -> None:
+        config = job_consumer(
+            self.runtime, lease=self.settings.job_lease_seconds, max_deliver=self.settings.job_max_deliver
+        )
+        await ensure_consumer(self.bus.js, subjects.JOBS_STREAM, config)
+        sub = await self.bus.js.pull_subscribe_bind(durable=config.durable_name, stream=subjects.JOBS_STREAM)
+        for signal in STOP_SIGNALS:
+            await self.bus.nc.subscribe(subjects.execution_events(None, signal), cb=self._on_execution_ended)
+        async with httpx.AsyncClient() as http:
+            steps = StepRunner(self.sandboxes, http, self.settings.step_timeout_seconds)
+            try:
+                await self._pull(sub, steps, stop, accepting)
+            finally:
+                await self._drain()
+                await self.sandboxes.close()
+
+    async def _pull(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        steps: StepRunner,
+        stop: asyncio.Event,
+        accepting: Callable[[], bool],
+    ) -> None:
+        while not stop.is_set():
+            free = self.capacity - len(self._running)
+            if free <= 0 or not accepting() or not self.bus.connected:
+                self._slot_free.clear()
+                try:
+                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                msgs = await sub.fetch(free, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                log.warning("worker %s: fetch failed: %r", self.worker, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._start(msg, steps)
+
+    async def _start(self, msg: Msg, steps: StepRunner) -> None:
+        try:
+            job = Job.model_validate(Event.model_validate_json(msg.data).payload)
+        except ValidationError as exc:
+            await self._dead_letter(msg, f"undecodable job: {exc.errors(include_url=False)}")
+            return
+        task = asyncio.ensure_future(self._handle(job, msg, steps))
+        self._running[task] = job.execution_id
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker %s: job task failed", self.worker, exc_info=task.exception())
+
+    async def _handle(self, job: Job, msg: Msg, steps: StepRunner) -> None:
+        delivery = msg.metadata.num_delivered
+        lease = asyncio.ensure_future(self._renew(msg))
+        try:
+            await self._attempts(job, delivery, steps)
+            await msg.ack()
+        except asyncio.CancelledError:
+            if self._handing_back:
+                await msg.nak()
+                log.info("worker %s: handed job %s (%s) back", self.worker, job.job_id, job.step)
+            else:  # the execution was cancelled or failed elsewhere: nothing more to do
+                await msg.ack()
+            raise
+        finally:
+            lease.cancel()
+
+    async def _attempts(self, job: Job, delivery: int, steps: StepRunner) -> None:
+        max_attempts, delay = retry_of(job)
+        for attempt in range(1, max_attempts + 1):
+            await self._report(job, "started", attempt, delivery)
+            try:
+                result = await steps.run(job)
+            except StepFailed as exc:
+                if attempt < max_attempts:
+                    await self._report(job, "attempt_failed", attempt, delivery, error=str(exc))
+                    await asyncio.sleep(delay)
+                    continue
+                await self._report(job, "failed", attempt, delivery, error=str(exc))
+                return
+            await self._report(job, "completed", attempt, delivery, result=result)
+            return
+
+    async def _renew(self, msg: Msg) -> None:
+        interval = self.settings.job_lease_seconds * LEASE_RENEW_FRACTION
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                log.warning("worker %s: lease renewal failed: %r", self.worker, exc)
+
+    async def _report(
+        self,
+        job: Job,
+        kind: ReportKind,
+        attempt: int,
+        delivery: int,
+        *,
+        result: object = None,
+        error: str | None = None,
+    ) -> None:
+        report = StepReport(
+            job_id=job.job_id,
+            execution_id=job.execution_id,
+            step=job.step,
+            kind=kind,
+            attempt=attempt,
+            delivery=delivery,
+            worker=self.worker,
+            result=result,
+            error=error,
+        )
+        await self._command(subjects.EXECUTION_REPORT, report.request_id(), report.model_dump(mode="json"))
+
+    async def _command(self, subject: str, request_id: str, payload: dict[str, object]) -> None:
+        command = Command(id=request_id, type=subjects.command_type(subject), payload=payload)
+        await self.bus.js.publish(
+            subject, command.model_dump_json().encode(), headers={MSG_ID_HEADER: request_id}, timeout=5
+        )
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        dead = DeadJob(
+            subject=msg.subject,
+            consumer=f"jobs-{self.runtime}",
+            reason=reason,
+            data=base64.b64encode(msg.data).decode(),
+            deliveries=msg.metadata.num_delivered,
+        )
+        sequence = msg.metadata.sequence.stream
+        await self._command(subjects.EXECUTION_DEAD_JOB, f"dead-job-{sequence}", dead.model_dump())
+        await msg.term()
+
+    async def _on_execution_ended(self, msg: Msg) -> None:
+        try:
+            execution_id = Event.model_validate_json(msg.data).entity.get("execution_id")
+        except ValidationError:
+            return
+        for task, running_for in list(self._running.items()):
+            if running_for == execution_id:
+                task.cancel()
+
+    async def _drain(self) -> None:
+        """Let running steps finish within the grace period; hand the rest back."""
+        if not self._running:
+            return
+        grace = self.settings.worker_grace_seconds
+        log.info("worker %s: waiting up to %gs for %d step(s)", self.worker, grace, len(self._running))
+        _, pending = await asyncio.wait(list(self._running), timeout=grace)
+        self._handing_back = True
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

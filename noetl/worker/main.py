@@ -1,0 +1,42 @@
+"""`noetl worker`: register, beat, run jobs; on SIGTERM or SIGINT, drain and deregister."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+from noetl.bus.connection import Bus
+from noetl.settings import Settings
+from noetl.worker.jobs import JobRunner
+from noetl.worker.pool import WorkerPool
+
+
+async def run_worker(settings: Settings, *, name: str, runtime: str, capacity: int) -> None:
+    bus = Bus(settings.nats_url, name=f"noetl-worker-{name}")
+    await bus.start(wait=True)
+    pool = WorkerPool(
+        bus,
+        name=name,
+        runtime=runtime,
+        capacity=capacity,
+        heartbeat_interval=settings.worker_heartbeat_interval,
+    )
+    jobs = JobRunner(
+        bus,
+        worker=f"{name}@{socket.gethostname()}:{os.getpid()}",
+        runtime=runtime,
+        capacity=capacity,
+        settings=settings,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await pool.start()
+        await asyncio.gather(pool.run(stop), jobs.run(stop, accepting=pool.healthy))
+        await pool.deregister()
+    finally:
+        await bus.close()
