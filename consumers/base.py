@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome
+from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, replayed
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.settings import Settings
 from noetl.store import commands as command_store
@@ -256,10 +256,14 @@ class CommandConsumer(BatchConsumer):
             command = delivery.command
             if command is None:
                 continue
-            if command.id in applied:
+            if command is fresh.get(command.id):
                 outcomes[i] = applied[command.id]
+            elif command.id in applied:  # the same request id twice in one batch
+                first = fresh[command.id]
+                outcomes[i] = replayed(command, applied[command.id].model_dump(), first.fingerprint)
             else:
-                outcomes[i] = stored_outcome(command, known[command.id])
+                row = known[command.id]
+                outcomes[i] = replayed(command, row["outcome"], row["fingerprint"])
         return outcomes
 
     async def _finish(self, deliveries: list[Delivery], outcomes: list[Outcome | None]) -> None:
@@ -289,12 +293,3 @@ class Domain:
             max_deliver=settings.consumer_max_deliver,
             ack_wait=settings.consumer_ack_wait,
         )
-
-
-def stored_outcome(command: Command, row: dict[str, Any]) -> Outcome:
-    """A redelivered or repeated command: the recorded outcome, unless the key was reused."""
-    if command.fingerprint and row["fingerprint"] and command.fingerprint != row["fingerprint"]:
-        return Outcome.failed(
-            command.id, "conflict", "this Idempotency-Key was already used for a different request"
-        )
-    return Outcome.model_validate({**row["outcome"], "request_id": command.id})

@@ -66,6 +66,15 @@ class Outcome(BaseModel):
         )
 
 
+def replayed(command: Command, outcome: dict[str, Any], stored_fingerprint: str | None) -> Outcome:
+    """A repeated request id: the recorded outcome, unless its `Idempotency-Key` was reused."""
+    if command.fingerprint and stored_fingerprint and command.fingerprint != stored_fingerprint:
+        return Outcome.failed(
+            command.id, "conflict", "this Idempotency-Key was already used for a different request"
+        )
+    return Outcome.model_validate({**outcome, "request_id": command.id})
+
+
 def invalid(request_id: str, exc: ValidationError) -> Outcome:
     """A payload that does not validate: the outcome carries pydantic's errors, like a 422."""
     return Outcome.failed(request_id, "invalid", exc.errors(include_url=False, include_context=False))

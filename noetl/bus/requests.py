@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
-from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, new_request_id
+from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, new_request_id, replayed
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,7 @@ class Requester:
                 answer = None
             if answer is not None:
                 outcome, stored_print = answer
-                if command.fingerprint and stored_print and command.fingerprint != stored_print:
-                    return Outcome.failed(
-                        command.id,
-                        "conflict",
-                        "this Idempotency-Key was already used for a different request",
-                    )
-                return outcome
+                return replayed(command, outcome.model_dump(), stored_print)
             await asyncio.sleep(OUTCOME_POLL_INTERVAL)
         return None
 
