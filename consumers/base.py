@@ -129,6 +129,7 @@ class BatchConsumer(ABC):
             except Exception as exc:  # the bus is away: wait and fetch again
                 log.warning("%s: fetch failed: %r", self.durable, exc)
                 await asyncio.sleep(RETRY_DELAY)
+                await self._redeclare(config)
                 continue
             if not msgs:
                 continue
@@ -137,6 +138,14 @@ class BatchConsumer(ABC):
             except Exception:  # unacked messages come back after ack_wait
                 log.exception("%s: batch of %d failed; it will be redelivered", self.durable, len(msgs))
                 await asyncio.sleep(RETRY_DELAY)
+
+    async def _redeclare(self, config: ConsumerConfig) -> None:
+        """A restarted server may have lost a memory stream and its consumers: declare them again."""
+        try:
+            await ensure_streams(self.bus.js)
+            await ensure_consumer(self.bus.js, self.stream, config)
+        except Exception as exc:
+            log.debug("%s: cannot declare the stream yet: %r", self.durable, exc)
 
     async def reply(self, delivery: Delivery, outcome: Outcome) -> None:
         if delivery.reply_to:

@@ -31,7 +31,7 @@ from noetl.store import catalog as catalog_store
 from noetl.store import commands as command_store
 from noetl.store import executions as store
 from noetl.store import jobs as job_store
-from noetl.store.outbox import add_events
+from noetl.store.outbox import NewEvent, add_events
 
 RUNNING = "running"
 
@@ -155,6 +155,18 @@ async def dead_job(conn: AsyncConnection, commands: list[Command]) -> list[Outco
             headers=None,
             data=data,
             deliveries=dead.deliveries,
+        )
+        # As for any dead letter (consumers.base.record_dead_letter): an event says so.
+        await add_events(
+            conn,
+            [
+                NewEvent(
+                    type="system.dead_letter",
+                    subject=subjects.DEAD_LETTER_EVENT,
+                    entity={"domain": "system", "consumer": dead.consumer},
+                    payload={"dead_letter_id": str(letter_id), "subject": dead.subject, "reason": dead.reason},
+                )
+            ],
         )
         outcomes.append(Outcome(request_id=command.id, result={"dead_letter_id": str(letter_id)}))
     return outcomes

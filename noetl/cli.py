@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -65,34 +64,10 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    asyncio.run(_run_worker(args))
+    from noetl.worker.main import run_worker
+
+    asyncio.run(run_worker(get_settings(), name=args.name, runtime=args.runtime, capacity=args.capacity))
     return 0
-
-
-async def _run_worker(args: argparse.Namespace) -> None:
-    from noetl.bus.connection import Bus
-    from noetl.worker.pool import WorkerPool
-
-    settings = get_settings()
-    bus = Bus(settings.nats_url, name=f"noetl-worker-{args.name}")
-    await bus.start(wait=True)
-    pool = WorkerPool(
-        bus,
-        name=args.name,
-        runtime=args.runtime,
-        capacity=args.capacity,
-        heartbeat_interval=settings.worker_heartbeat_interval,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await pool.start()
-        await pool.run(stop)
-        await pool.deregister()
-    finally:
-        await bus.close()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,6 +103,10 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--runtime", default="python")
     worker.add_argument("--capacity", type=int, default=4)
     worker.set_defaults(func=_worker)
+
+    from noetl.cli_client import add_client_commands
+
+    add_client_commands(sub)
     return top
 
 

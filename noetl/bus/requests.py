@@ -21,6 +21,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
 from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, new_request_id, replayed
+from noetl.bus.streams import ensure_streams
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,14 @@ class Requester:
 
     async def _publish(self, subject: str, command: Command) -> Any:
         headers = {MSG_ID_HEADER: command.id, REPLY_TO_HEADER: self.reply_subject(command.id)}
+        data = command.model_dump_json().encode()
         try:
-            return await self.bus.js.publish(
-                subject,
-                command.model_dump_json().encode(),
-                timeout=PUBLISH_ACK_TIMEOUT,
-                headers=headers,
-            )
+            try:
+                return await self.bus.js.publish(subject, data, timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
+            except NoStreamResponseError:
+                # No stream took it: a restarted server may have lost a memory stream. Declare, retry once.
+                await ensure_streams(self.bus.js)
+                return await self.bus.js.publish(subject, data, timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
         except (NatsTimeout, NoStreamResponseError, NoRespondersError, APIError) as exc:
             raise BusUnavailable(f"the bus did not accept the command: {exc!r}") from exc
 

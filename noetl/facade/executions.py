@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -118,7 +119,9 @@ async def stream_execution_events(
     found = await bus.query(subjects.QUERY_EXECUTION, {"execution_id": execution_id})
     if found.status_code != 200:
         return found
-    return _event_stream(request, subjects.execution_events(execution_id), last_event_id)
+    # The stored id, not the one in the URL: "007" finds execution 7, whose events are under "7".
+    canonical = str(json.loads(found.body)["execution_id"])
+    return _event_stream(request, subjects.execution_events(canonical), last_event_id)
 
 
 @router.get(

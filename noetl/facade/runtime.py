@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -25,6 +25,9 @@ from noetl.contracts.runtime import (
 from noetl.facade.dispatch import Bus
 
 router = APIRouter(prefix="/api", tags=["runtime"])
+
+# A filter is compared with stored text, which cannot hold NUL: refuse it here (422), not in the store.
+Filter = Annotated[str | None, Query(pattern=r"^[^\x00]*$")]
 
 COMMAND_ERRORS: dict[int | str, dict[str, Any]] = {
     202: {"description": "Accepted; the outcome is late: GET the `Location`"},
@@ -52,6 +55,9 @@ async def _heartbeat(bus: Bus, request: Request, kind: ComponentKind, body: Hear
     if not name:
         return JSONResponse(HeartbeatResponse(status="ok", name=None, runtime_id=None).as_body())
     beat = Heartbeat(kind=kind, name=name, sent_at=utcnow(), registration=body.registration)
+    # A repeated beat is harmless, and beats keep no outcome to replay: an Idempotency-Key on a
+    # beat would only turn its retry into a 202 that never resolves.
+    bus.idempotency_key = None
     return await bus.command(
         subjects.heartbeat(kind, beat.name), beat.model_dump(mode="json"), subjects.HEARTBEAT_TYPE
     )
@@ -85,9 +91,7 @@ async def worker_pool_heartbeat(body: HeartbeatRequest, request: Request, bus: B
 
 
 @router.get("/worker/pools", response_model=ListResponse)
-async def list_worker_pools(
-    bus: Bus, runtime: str | None = Query(None), status: str | None = Query(None)
-) -> JSONResponse:
+async def list_worker_pools(bus: Bus, runtime: Filter = None, status: Filter = None) -> JSONResponse:
     return await _list(bus, "worker_pool", runtime, status)
 
 
@@ -123,9 +127,7 @@ async def broker_heartbeat(body: HeartbeatRequest, request: Request, bus: Bus) -
 
 
 @router.get("/brokers", response_model=ListResponse)
-async def list_brokers(
-    bus: Bus, runtime: str | None = Query(None), status: str | None = Query(None)
-) -> JSONResponse:
+async def list_brokers(bus: Bus, runtime: Filter = None, status: Filter = None) -> JSONResponse:
     return await _list(bus, "broker", runtime, status)
 
 

@@ -85,6 +85,10 @@ class JobRunner:
                 log.warning("worker %s: fetch failed: %r", self.worker, exc)
                 await asyncio.sleep(1.0)
                 continue
+            if stop.is_set():  # told to stop while the fetch was out: these are not ours to run
+                for msg in msgs:
+                    await msg.nak()
+                break
             for msg in msgs:
                 await self._start(msg, steps)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,8 @@ from noetl.bus.connection import Bus
 from noetl.settings import Settings
 from noetl.worker.jobs import JobRunner
 from noetl.worker.pool import WorkerPool
+
+log = logging.getLogger(__name__)
 
 
 async def run_worker(settings: Settings, *, name: str, runtime: str, capacity: int) -> None:
@@ -32,8 +35,13 @@ async def run_worker(settings: Settings, *, name: str, runtime: str, capacity: i
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("worker pool %s: %s received; taking no new jobs", name, sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop, sig)
     try:
         await pool.start()
         await asyncio.gather(pool.run(stop), jobs.run(stop, accepting=pool.healthy))
