@@ -64,16 +64,26 @@ def decode(msg: Msg, max_deliver: int) -> Delivery:
     return delivery
 
 
-async def record_dead_letter(conn: AsyncConnection, consumer: str, delivery: Delivery, reason: str) -> None:
-    msg = delivery.msg
+async def dead_letter(
+    conn: AsyncConnection,
+    *,
+    consumer: str,
+    subject: str,
+    reason: str,
+    data: bytes,
+    headers: dict[str, str] | None = None,
+    deliveries: int | None = None,
+) -> int:
+    """Keep a message that cannot be applied, with its original bytes, and announce it."""
+    reason = reason[:4000]
     letter_id = await command_store.dead_letter(
         conn,
-        subject=msg.subject,
+        subject=subject,
         consumer=consumer,
-        reason=reason[:4000],
-        headers=dict(msg.headers) if msg.headers else None,
-        data=msg.data,
-        deliveries=msg.metadata.num_delivered,
+        reason=reason,
+        headers=headers,
+        data=data,
+        deliveries=deliveries,
     )
     await add_events(
         conn,
@@ -82,15 +92,25 @@ async def record_dead_letter(conn: AsyncConnection, consumer: str, delivery: Del
                 type="system.dead_letter",
                 subject=subjects.DEAD_LETTER_EVENT,
                 entity={"domain": "system", "consumer": consumer},
-                payload={
-                    "dead_letter_id": str(letter_id),
-                    "subject": msg.subject,
-                    "reason": reason,
-                },
+                payload={"dead_letter_id": str(letter_id), "subject": subject, "reason": reason},
             )
         ],
     )
-    log.warning("%s: dead letter %s from %s: %s", consumer, letter_id, msg.subject, reason)
+    log.warning("%s: dead letter %s from %s: %s", consumer, letter_id, subject, reason)
+    return letter_id
+
+
+async def record_dead_letter(conn: AsyncConnection, consumer: str, delivery: Delivery, reason: str) -> None:
+    msg = delivery.msg
+    await dead_letter(
+        conn,
+        consumer=consumer,
+        subject=msg.subject,
+        reason=reason,
+        data=msg.data,
+        headers=dict(msg.headers) if msg.headers else None,
+        deliveries=msg.metadata.num_delivered,
+    )
 
 
 class BatchConsumer(ABC):

@@ -11,7 +11,7 @@ from psycopg import AsyncConnection
 from pydantic import ValidationError
 
 from consumers import broker
-from consumers.base import Domain, by_type
+from consumers.base import Domain, by_type, dead_letter
 from consumers.broker import execution_event
 from consumers.queries import NotFound
 from noetl import playbook
@@ -28,10 +28,9 @@ from noetl.contracts.execution import (
 )
 from noetl.contracts.jobs import DeadJob, StepReport
 from noetl.store import catalog as catalog_store
-from noetl.store import commands as command_store
 from noetl.store import executions as store
 from noetl.store import jobs as job_store
-from noetl.store.outbox import NewEvent, add_events
+from noetl.store.outbox import add_events
 
 RUNNING = "running"
 
@@ -147,26 +146,13 @@ async def dead_job(conn: AsyncConnection, commands: list[Command]) -> list[Outco
         except (ValidationError, binascii.Error) as exc:
             outcomes.append(Outcome.failed(command.id, "invalid", str(exc)))
             continue
-        letter_id = await command_store.dead_letter(
+        letter_id = await dead_letter(
             conn,
-            subject=dead.subject,
             consumer=dead.consumer,
+            subject=dead.subject,
             reason=dead.reason,
-            headers=None,
             data=data,
             deliveries=dead.deliveries,
-        )
-        # As for any dead letter (consumers.base.record_dead_letter): an event says so.
-        await add_events(
-            conn,
-            [
-                NewEvent(
-                    type="system.dead_letter",
-                    subject=subjects.DEAD_LETTER_EVENT,
-                    entity={"domain": "system", "consumer": dead.consumer},
-                    payload={"dead_letter_id": str(letter_id), "subject": dead.subject, "reason": dead.reason},
-                )
-            ],
         )
         outcomes.append(Outcome(request_id=command.id, result={"dead_letter_id": str(letter_id)}))
     return outcomes
