@@ -15,17 +15,17 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, replayed
+from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, invalid, replayed
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.settings import Settings
 from noetl.store import commands as command_store
@@ -173,6 +173,7 @@ class BatchConsumer(ABC):
 
 
 Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]
+M = TypeVar("M", bound=BaseModel)
 
 
 def by_type(handlers: dict[str, Apply]) -> Apply:
@@ -300,6 +301,23 @@ class CommandConsumer(BatchConsumer):
             if outcome is not None:
                 await self.reply(delivery, outcome)
             await delivery.msg.ack()
+
+
+def each(model: type[M], apply_one: Callable[[AsyncConnection, str, M], Awaitable[Outcome]]) -> Apply:
+    """A handler that validates each command's payload as `model` and applies it on its own."""
+
+    async def apply(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for command in commands:
+            try:
+                payload = model.model_validate(command.payload)
+            except ValidationError as exc:
+                outcomes.append(invalid(command.id, exc))
+                continue
+            outcomes.append(await apply_one(conn, command.id, payload))
+        return outcomes
+
+    return apply
 
 
 @dataclass(frozen=True, slots=True)

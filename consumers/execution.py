@@ -3,20 +3,17 @@ cancel, and the reads."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from psycopg import AsyncConnection
-from pydantic import ValidationError
 
 from consumers import broker
-from consumers.base import Domain, by_type, dead_letter
+from consumers.base import Domain, by_type, dead_letter, each
 from consumers.broker import execution_event
 from consumers.queries import NotFound
 from noetl import playbook
 from noetl.bus import subjects
-from noetl.bus.envelope import Command, Outcome, invalid
+from noetl.bus.envelope import Outcome
 from noetl.contracts.execution import (
     CancelCommand,
     ExecutionDetail,
@@ -51,119 +48,75 @@ async def _lookup(conn: AsyncConnection, request: ExecutionRequest) -> dict[str,
     return row or f"catalog entry not found: path {path!r}, version {request.version}"
 
 
-async def run(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for command in commands:
-        try:
-            request = ExecutionRequest.model_validate(command.payload)
-        except ValidationError as exc:
-            outcomes.append(invalid(command.id, exc))
-            continue
-        entry = await _lookup(conn, request)
-        if isinstance(entry, str):
-            outcomes.append(Outcome.failed(command.id, "not_found", entry))
-            continue
-        parent = request.parent()
-        row = await store.add(
-            conn,
-            {
-                "catalog_id": entry["catalog_id"],
-                "path": entry["path"],
-                "version": entry["version"],
-                "type": request.type,
-                "status": RUNNING,
-                "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
-                "parameters": request.parameters,
-                "merge": request.merge,
-                "parent_execution_id": parent.parent_execution_id,
-                "parent_event_id": parent.parent_event_id,
-                "parent_step": parent.parent_step,
-                "metadata": request.metadata,
-            },
-        )
-        await add_events(
-            conn,
-            [
-                execution_event(
-                    row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=command.id
-                )
-            ],
-        )
-        await broker.start(conn, row)
-        outcomes.append(
-            Outcome(request_id=command.id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
-        )
-    return outcomes
+async def run(conn: AsyncConnection, request_id: str, request: ExecutionRequest) -> Outcome:
+    entry = await _lookup(conn, request)
+    if isinstance(entry, str):
+        return Outcome.failed(request_id, "not_found", entry)
+    parent = request.parent()
+    row = await store.add(
+        conn,
+        {
+            "catalog_id": entry["catalog_id"],
+            "path": entry["path"],
+            "version": entry["version"],
+            "type": request.type,
+            "status": RUNNING,
+            "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
+            "parameters": request.parameters,
+            "merge": request.merge,
+            "parent_execution_id": parent.parent_execution_id,
+            "parent_event_id": parent.parent_event_id,
+            "parent_step": parent.parent_step,
+            "metadata": request.metadata,
+        },
+    )
+    start = execution_event(row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=request_id)
+    await add_events(conn, [start])
+    await broker.start(conn, row)
+    return _summary(request_id, row)
 
 
-async def cancel(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for command in commands:
-        try:
-            request = CancelCommand.model_validate(command.payload)
-        except ValidationError as exc:
-            outcomes.append(invalid(command.id, exc))
-            continue
-        execution_id = _numeric(request.execution_id)
-        row = await store.cancel(conn, execution_id) if execution_id is not None else None
-        if row is not None:
-            await job_store.abandon_active(conn, row["execution_id"])
-            await add_events(conn, [execution_event(row, "execution_cancelled", reason=request.reason)])
-        elif execution_id is not None:
-            row = await store.get(conn, execution_id)  # already ended: cancelling again is harmless
-        if row is None:
-            outcomes.append(
-                Outcome.failed(command.id, "not_found", f"execution not found: {request.execution_id!r}")
-            )
-        else:
-            outcomes.append(
-                Outcome(request_id=command.id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
-            )
-    return outcomes
+async def cancel(conn: AsyncConnection, request_id: str, request: CancelCommand) -> Outcome:
+    execution_id = _numeric(request.execution_id)
+    row = await store.cancel(conn, execution_id) if execution_id is not None else None
+    if row is not None:
+        await job_store.abandon_active(conn, row["execution_id"])
+        await add_events(conn, [execution_event(row, "execution_cancelled", reason=request.reason)])
+    elif execution_id is not None:
+        row = await store.get(conn, execution_id)  # already ended: cancelling again is harmless
+    if row is None:
+        return Outcome.failed(request_id, "not_found", f"execution not found: {request.execution_id!r}")
+    return _summary(request_id, row)
 
 
-async def report(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    """Workers' reports about jobs, applied through the broker's state machine."""
-    outcomes: list[Outcome] = []
-    for command in commands:
-        try:
-            step_report = StepReport.model_validate(command.payload)
-        except ValidationError as exc:
-            outcomes.append(invalid(command.id, exc))
-            continue
-        applied = await broker.apply_report(conn, step_report)
-        outcomes.append(Outcome(request_id=command.id, result={"status": applied}))
-    return outcomes
+def _summary(request_id: str, row: dict[str, Any]) -> Outcome:
+    return Outcome(request_id=request_id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
 
 
-async def dead_job(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+async def report(conn: AsyncConnection, request_id: str, step_report: StepReport) -> Outcome:
+    """A worker's report about a job, applied through the broker's state machine."""
+    return Outcome(request_id=request_id, result={"status": await broker.apply_report(conn, step_report)})
+
+
+async def dead_job(conn: AsyncConnection, request_id: str, dead: DeadJob) -> Outcome:
     """A job message a worker could not decode, kept with its original bytes."""
-    outcomes: list[Outcome] = []
-    for command in commands:
-        try:
-            dead = DeadJob.model_validate(command.payload)
-            data = base64.b64decode(dead.data)
-        except (ValidationError, binascii.Error) as exc:
-            outcomes.append(Outcome.failed(command.id, "invalid", str(exc)))
-            continue
-        letter_id = await dead_letter(
-            conn,
-            consumer=dead.consumer,
-            subject=dead.subject,
-            reason=dead.reason,
-            data=data,
-            deliveries=dead.deliveries,
-        )
-        outcomes.append(Outcome(request_id=command.id, result={"dead_letter_id": str(letter_id)}))
-    return outcomes
+    letter_id = await dead_letter(
+        conn,
+        consumer=dead.consumer,
+        subject=dead.subject,
+        reason=dead.reason,
+        data=dead.data,
+        deliveries=dead.deliveries,
+    )
+    return Outcome(request_id=request_id, result={"dead_letter_id": str(letter_id)})
 
 
 apply_commands = by_type(
     {
-        subjects.command_type(subjects.EXECUTION_RUN): run,
-        subjects.command_type(subjects.EXECUTION_CANCEL): cancel,
-        subjects.command_type(subjects.EXECUTION_REPORT): report,
-        subjects.command_type(subjects.EXECUTION_DEAD_JOB): dead_job,
+        subjects.command_type(subjects.EXECUTION_RUN): each(ExecutionRequest, run),
+        subjects.command_type(subjects.EXECUTION_CANCEL): each(CancelCommand, cancel),
+        subjects.command_type(subjects.EXECUTION_REPORT): each(StepReport, report),
+        subjects.command_type(subjects.EXECUTION_DEAD_JOB): each(DeadJob, dead_job),
     }
 )
 

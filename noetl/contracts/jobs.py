@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Base64Bytes, BaseModel, Field
 
 ReportKind = Literal["started", "attempt_failed", "completed", "failed"]
 
@@ -43,5 +43,5 @@ class DeadJob(BaseModel):
     subject: str
     consumer: str
     reason: str
-    data: str = Field(description="the original bytes, base64")
+    data: Base64Bytes = Field(description="the original bytes, base64")
     deliveries: int | None = None

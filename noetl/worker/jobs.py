@@ -187,7 +187,7 @@ class JobRunner:
             deliveries=msg.metadata.num_delivered,
         )
         sequence = msg.metadata.sequence.stream
-        await self._command(subjects.EXECUTION_DEAD_JOB, f"dead-job-{sequence}", dead.model_dump())
+        await self._command(subjects.EXECUTION_DEAD_JOB, f"dead-job-{sequence}", dead.model_dump(mode="json"))
         await msg.term()
 
     async def _on_execution_ended(self, msg: Msg) -> None:
