@@ -32,13 +32,25 @@ class ExecutionFailed(Exception):
     """The playbook cannot go on (a `when` that does not render, a loop of control steps)."""
 
 
+# A step event's `status` is the step's (or the attempt's); an execution event's is the execution's.
+STEP_STATUS = {
+    "step_started": "running",
+    "action_started": "running",
+    "action_completed": "completed",
+    "step_completed": "completed",
+    "action_error": "failed",
+    "step_failed": "failed",
+}
+
+
 def execution_event(row: dict[str, Any], event_type: str, **payload: Any) -> NewEvent:
     execution_id = str(row["execution_id"])
+    status = STEP_STATUS.get(event_type, row["status"])
     return NewEvent(
         type=event_type,
         subject=subjects.execution_event(execution_id, event_type),
         entity={"domain": "execution", "execution_id": execution_id},
-        payload={"status": row["status"], "path": row["path"], "version": row["version"], **payload},
+        payload={"status": status, "path": row["path"], "version": row["version"], **payload},
     )
 
 

@@ -130,6 +130,15 @@ async def test_hello_world_completes_with_its_result(wx: WorkerStack) -> None:
     for event in events_of(detail, step="greet"):
         assert event["attempt"] == 1, event
         assert wx.main.ran(event["worker"]), event
+    # Each event's status is that of what it is about: the step's, then the execution's.
+    assert [e["payload"]["status"] for e in detail["events"]] == [
+        "running",
+        "running",
+        "running",
+        "completed",
+        "completed",
+        "completed",
+    ]
     (completed,) = events_of(detail, "step_completed")
     assert completed["result"] == {"status": "success", "data": {"message": "Hello World"}}
     (complete,) = events_of(detail, "execution_complete")
