@@ -134,14 +134,14 @@ class HeartbeatConsumer(BatchConsumer):
         async with self.pool.connection() as conn, conn.transaction():
             for delivery, reason in bad:
                 await record_dead_letter(conn, self.durable, delivery, reason)
-            known = await store.beat(conn, latest) if latest else {}
+            known = await store.beat(conn, latest, self.settings.runtime_offline_seconds) if latest else {}
             recreated = await self._recreate(conn, [hb for _, hb in beats if (hb.kind, hb.name) not in known])
             await add_events(
                 conn,
                 [
                     event(b.kind, b.name, "online", runtime_id=str(b.runtime_id))
                     for b in known.values()
-                    if b.was_offline
+                    if b.came_back
                 ],
             )
         for delivery, hb in beats:

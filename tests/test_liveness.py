@@ -11,7 +11,7 @@ from conftest import ConsumerTask, Db, Servers, Stack, StackFactory, read_stream
 
 from consumers.sweeper import sweep_once
 from noetl.bus import subjects
-from noetl.bus.envelope import MSG_ID_HEADER
+from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER
 from noetl.store.db import open_pool
 
 OFFLINE_AFTER = 1.0
@@ -105,6 +105,32 @@ async def test_offline_component_recovers_through_a_bus_heartbeat(
         "runtime.offline",
         "runtime.online",
     ]
+
+
+async def test_a_stale_beat_does_not_bring_a_component_back(make_stack: StackFactory, db: Db, nc) -> None:
+    """A beat older than the offline threshold (late in the stream, or from a skewed clock) says
+    nothing about the component now: it stays offline, with no online event."""
+    from datetime import timedelta
+
+    from noetl.bus.envelope import Command, utcnow
+    from noetl.contracts.runtime import Heartbeat
+
+    stack = await make_stack(runtime_offline_seconds=OFFLINE_AFTER, runtime_sweep_interval=0.1)
+    await stack.client.post("/api/worker/pool/register", json={"name": "stale-worker"})
+    await wait_for(lambda: _is(db, "stale-worker", "offline"), what="stale-worker offline")
+    reply = "test.stale-beat.reply"
+    answers = await nc.subscribe(reply)
+    stale = Heartbeat(kind="worker_pool", name="stale-worker", sent_at=utcnow() - timedelta(seconds=30))
+    command = Command(id="hb-stale-1", type=subjects.HEARTBEAT_TYPE, payload=stale.model_dump(mode="json"))
+    await nc.publish(
+        subjects.heartbeat("worker_pool", "stale-worker"),
+        command.model_dump_json().encode(),
+        headers={REPLY_TO_HEADER: reply},
+    )
+    answer = json.loads((await answers.next_msg(timeout=10)).data)
+    assert answer["result"]["status"] == "ok"  # known, and its beat recorded...
+    assert await status(db, "stale-worker") == "offline"  # ...but not brought back
+    assert "runtime.online" not in await db.events_for("stale-worker")
 
 
 async def _is(db: Db, name: str, wanted: str) -> bool:

@@ -77,12 +77,16 @@ def command_consumer(
 
 
 def heartbeat_consumer(durable: str, *, ack_wait: float) -> ConsumerConfig:
-    """Heartbeats are acked once per batch (AckAll): a lost beat is replaced by the next one."""
+    """Heartbeats are acked once per batch (AckAll): a lost beat is replaced by the next one.
+
+    A new durable starts from what the stream holds (the latest beat of each component, at most
+    two minutes old), so beats sent before the first consumer started are not lost.
+    """
     return ConsumerConfig(
         durable_name=durable,
         filter_subject=subjects.HEARTBEATS_ALL,
         ack_policy=AckPolicy.ALL,
-        deliver_policy=DeliverPolicy.NEW,
+        deliver_policy=DeliverPolicy.ALL,
         max_deliver=3,
         ack_wait=ack_wait,
         max_ack_pending=50_000,

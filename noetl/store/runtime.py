@@ -25,7 +25,7 @@ class Beaten:
     runtime_id: int
     kind: str
     name: str
-    was_offline: bool
+    came_back: bool
 
 
 # Rows are sorted by (kind, name) before every batched write, so two consumers touching the same
@@ -82,7 +82,8 @@ async def mark_offline(conn: AsyncConnection, keys: list[tuple[str, str]]) -> li
     return await cur.fetchall()
 
 
-# A beat never moves the heartbeat backwards, and a beat from the future counts as now.
+# A beat never moves the heartbeat backwards, and a beat from the future counts as now. Only a
+# fresh beat (younger than the offline threshold) brings an offline component back.
 HEARTBEAT = """
 WITH beat AS (
     SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS u(kind, name, sent_at)
@@ -91,24 +92,26 @@ WITH beat AS (
     JOIN beat b ON r.kind = b.kind AND r.name = b.name
     ORDER BY r.kind, r.name
     FOR UPDATE OF r
+), fresh AS (
+    SELECT b.*, b.sent_at > now() - make_interval(secs => %s) AS fresh FROM beat b
 )
 UPDATE runtime_components r SET
     heartbeat = GREATEST(r.heartbeat, LEAST(b.sent_at, now())),
-    status = CASE WHEN r.status = 'offline' THEN 'ready' ELSE r.status END,
-    updated_at = CASE WHEN r.status = 'offline' THEN now() ELSE r.updated_at END
-FROM beat b, prev p
+    status = CASE WHEN r.status = 'offline' AND b.fresh THEN 'ready' ELSE r.status END,
+    updated_at = CASE WHEN r.status = 'offline' AND b.fresh THEN now() ELSE r.updated_at END
+FROM fresh b, prev p
 WHERE r.kind = b.kind AND r.name = b.name AND p.runtime_id = r.runtime_id
-RETURNING r.runtime_id, r.kind, r.name, (p.status = 'offline') AS was_offline
+RETURNING r.runtime_id, r.kind, r.name, (p.status = 'offline' AND r.status <> 'offline') AS came_back
 """
 
 
 async def beat(
-    conn: AsyncConnection, beats: dict[tuple[str, str], datetime]
+    conn: AsyncConnection, beats: dict[tuple[str, str], datetime], offline_after: float
 ) -> dict[tuple[str, str], Beaten]:
     """Apply one collapsed beat per component; the keys missing from the result are unknown."""
     keys = sorted(beats)
     cur = await conn.execute(
-        HEARTBEAT, ([k for k, _ in keys], [n for _, n in keys], [beats[k] for k in keys])
+        HEARTBEAT, ([k for k, _ in keys], [n for _, n in keys], [beats[k] for k in keys], offline_after)
     )
     return {(row["kind"], row["name"]): Beaten(**row) for row in await cur.fetchall()}
 
