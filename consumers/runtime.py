@@ -109,7 +109,7 @@ class HeartbeatConsumer(BatchConsumer):
     durable = "runtime-heartbeats"
 
     def __init__(self, bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> None:
-        super().__init__(bus, pool, batch_size=settings.consumer_batch_size * 4)
+        super().__init__(bus, pool, batch_size=settings.consumer_batch_size * 8)
         self.settings = settings
 
     def consumer_config(self) -> ConsumerConfig:

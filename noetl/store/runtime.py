@@ -83,24 +83,25 @@ async def mark_offline(conn: AsyncConnection, keys: list[tuple[str, str]]) -> li
 
 
 # A beat never moves the heartbeat backwards, and a beat from the future counts as now. Only a
-# fresh beat (younger than the offline threshold) brings an offline component back.
+# fresh beat (younger than the offline threshold) brings an offline component back. Each beat
+# locks its row through the (kind, name) index in the sorted order of the batch: no scan of the
+# table, and no deadlock between two consumers.
 HEARTBEAT = """
-WITH beat AS (
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS u(kind, name, sent_at)
-), prev AS (
-    SELECT r.runtime_id, r.status FROM runtime_components r
-    JOIN beat b ON r.kind = b.kind AND r.name = b.name
-    ORDER BY r.kind, r.name
-    FOR UPDATE OF r
-), fresh AS (
-    SELECT b.*, b.sent_at > now() - make_interval(secs => %s) AS fresh FROM beat b
+WITH prev AS (
+    SELECT r.runtime_id, r.status, b.sent_at, b.sent_at > now() - make_interval(secs => %s) AS fresh
+    FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS b(kind, name, sent_at, i)
+    CROSS JOIN LATERAL (
+        SELECT runtime_id, status FROM runtime_components
+        WHERE kind = b.kind AND name = b.name
+        FOR UPDATE
+    ) r
 )
 UPDATE runtime_components r SET
-    heartbeat = GREATEST(r.heartbeat, LEAST(b.sent_at, now())),
-    status = CASE WHEN r.status = 'offline' AND b.fresh THEN 'ready' ELSE r.status END,
-    updated_at = CASE WHEN r.status = 'offline' AND b.fresh THEN now() ELSE r.updated_at END
-FROM fresh b, prev p
-WHERE r.kind = b.kind AND r.name = b.name AND p.runtime_id = r.runtime_id
+    heartbeat = GREATEST(r.heartbeat, LEAST(p.sent_at, now())),
+    status = CASE WHEN r.status = 'offline' AND p.fresh THEN 'ready' ELSE r.status END,
+    updated_at = CASE WHEN r.status = 'offline' AND p.fresh THEN now() ELSE r.updated_at END
+FROM prev p
+WHERE r.runtime_id = p.runtime_id
 RETURNING r.runtime_id, r.kind, r.name, (p.status = 'offline' AND r.status <> 'offline') AS came_back
 """
 
@@ -111,7 +112,7 @@ async def beat(
     """Apply one collapsed beat per component; the keys missing from the result are unknown."""
     keys = sorted(beats)
     cur = await conn.execute(
-        HEARTBEAT, ([k for k, _ in keys], [n for _, n in keys], [beats[k] for k in keys], offline_after)
+        HEARTBEAT, (offline_after, [k for k, _ in keys], [n for _, n in keys], [beats[k] for k in keys])
     )
     return {(row["kind"], row["name"]): Beaten(**row) for row in await cur.fetchall()}
 
