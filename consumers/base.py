@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, invalid, replayed
+from noetl.bus.pull import Puller
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.settings import Settings
 from noetl.store import commands as command_store
@@ -139,13 +140,12 @@ class BatchConsumer(ABC):
         await ensure_streams(self.bus.js)
         config = self.consumer_config()
         await ensure_consumer(self.bus.js, self.stream, config)
-        sub = await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        puller = Puller(self.bus.nc, self.stream, self.durable)
+        await puller.start()
         log.info("%s: consuming %s", self.durable, config.filter_subject)
         while not self._stopping.is_set():
             try:
-                msgs = await sub.fetch(self.batch_size, timeout=FETCH_TIMEOUT)
-            except TimeoutError:  # nats' own TimeoutError is one too: nothing to fetch
-                continue
+                msgs = await puller.fetch(self.batch_size, FETCH_TIMEOUT)
             except Exception as exc:  # the bus is away: wait and fetch again
                 log.warning("%s: fetch failed: %r", self.durable, exc)
                 await asyncio.sleep(RETRY_DELAY)

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import httpx
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import MSG_ID_HEADER, Command, Event
+from noetl.bus.pull import Puller
 from noetl.bus.streams import ensure_consumer, job_consumer
 from noetl.contracts.jobs import DeadJob, Job, ReportKind, StepReport
 from noetl.settings import Settings
@@ -50,20 +50,23 @@ class JobRunner:
             self.runtime, lease=self.settings.job_lease_seconds, max_deliver=self.settings.job_max_deliver
         )
         await ensure_consumer(self.bus.js, subjects.JOBS_STREAM, config)
-        sub = await self.bus.js.pull_subscribe_bind(durable=config.durable_name, stream=subjects.JOBS_STREAM)
+        puller = Puller(self.bus.nc, subjects.JOBS_STREAM, config.durable_name)
+        await puller.start()
         for signal in STOP_SIGNALS:
             await self.bus.nc.subscribe(subjects.execution_events(None, signal), cb=self._on_execution_ended)
         async with httpx.AsyncClient() as http:
             steps = StepRunner(self.sandboxes, http, self.settings.step_timeout_seconds)
             try:
-                await self._pull(sub, steps, stop, accepting)
+                await self._pull(puller, steps, stop, accepting)
             finally:
+                for msg in puller.leftover():  # not ours to run any more
+                    await msg.nak()
                 await self._drain()
                 await self.sandboxes.close()
 
     async def _pull(
         self,
-        sub: JetStreamContext.PullSubscription,
+        puller: Puller,
         steps: StepRunner,
         stop: asyncio.Event,
         accepting: Callable[[], bool],
@@ -78,9 +81,7 @@ class JobRunner:
                     pass
                 continue
             try:
-                msgs = await sub.fetch(free, timeout=1.0)
-            except TimeoutError:
-                continue
+                msgs = await puller.fetch(free, 1.0)
             except Exception as exc:
                 log.warning("worker %s: fetch failed: %r", self.worker, exc)
                 await asyncio.sleep(1.0)
