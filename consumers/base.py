@@ -25,7 +25,15 @@ from pydantic import BaseModel, ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, invalid, replayed
+from noetl.bus.envelope import (
+    REPLY_ON_ERROR,
+    REPLY_TO_HEADER,
+    REPLY_WHEN_HEADER,
+    Command,
+    Outcome,
+    invalid,
+    replayed,
+)
 from noetl.bus.pull import Puller
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.settings import Settings
@@ -47,9 +55,12 @@ class Delivery:
     command: Command | None = None
     error: str | None = None
 
+    def header(self, name: str) -> str | None:
+        return (self.msg.headers or {}).get(name)
+
     @property
     def reply_to(self) -> str | None:
-        return (self.msg.headers or {}).get(REPLY_TO_HEADER)
+        return self.header(REPLY_TO_HEADER)
 
     @property
     def last_attempt(self) -> bool:
@@ -168,8 +179,11 @@ class BatchConsumer(ABC):
             log.debug("%s: cannot declare the stream yet: %r", self.durable, exc)
 
     async def reply(self, delivery: Delivery, outcome: Outcome) -> None:
-        if delivery.reply_to:
-            await self.bus.nc.publish(delivery.reply_to, outcome.model_dump_json().encode())
+        if not delivery.reply_to:
+            return
+        if outcome.error is None and delivery.header(REPLY_WHEN_HEADER) == REPLY_ON_ERROR:
+            return
+        await self.bus.nc.publish(delivery.reply_to, outcome.model_dump_json().encode())
 
 
 Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]

@@ -12,7 +12,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from consumers.base import BatchConsumer, Delivery, Domain, by_type, decode, record_dead_letter
+from consumers.base import BatchConsumer, Delivery, Domain, by_type, record_dead_letter
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import Command, Outcome, invalid
@@ -22,6 +22,7 @@ from noetl.contracts.runtime import (
     ComponentQuery,
     Deregistration,
     Heartbeat,
+    HeartbeatCommand,
     HeartbeatResponse,
     ListResponse,
     MissingUri,
@@ -119,14 +120,14 @@ class HeartbeatConsumer(BatchConsumer):
         beats: list[tuple[Delivery, Heartbeat]] = []
         bad: list[tuple[Delivery, str]] = []
         for msg in msgs:
-            delivery = decode(msg, max_deliver=1)
-            if delivery.command is None:
-                bad.append((delivery, delivery.error or "undecodable"))
-                continue
+            delivery = Delivery(msg, max_deliver=1)
             try:
-                beats.append((delivery, Heartbeat.model_validate(delivery.command.payload)))
+                command = HeartbeatCommand.model_validate_json(msg.data)
             except ValidationError as exc:
                 bad.append((delivery, f"invalid heartbeat: {exc.errors(include_url=False)}"))
+                continue
+            delivery.command = command
+            beats.append((delivery, command.payload))
         latest: dict[tuple[str, str], datetime] = {}
         for _, hb in beats:
             key = (hb.kind, hb.name)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from noetl.bus.envelope import Command
 from noetl.contracts.errors import BadRequest
 from noetl.contracts.fields import JsonObject, Name, OutId, StrippedStr
 
@@ -126,6 +127,12 @@ class Heartbeat(BaseModel):
             )
         except ValueError:
             return None
+
+
+class HeartbeatCommand(Command):
+    """A heartbeat's envelope, validated in one pass: the consumer's hot path."""
+
+    payload: Heartbeat
 
 
 class RegistrationResponse(BaseModel):

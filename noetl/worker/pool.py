@@ -18,7 +18,15 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
-from noetl.bus.envelope import REPLY_TO_HEADER, Command, Outcome, new_request_id, utcnow
+from noetl.bus.envelope import (
+    REPLY_ON_ERROR,
+    REPLY_TO_HEADER,
+    REPLY_WHEN_HEADER,
+    Command,
+    Outcome,
+    new_request_id,
+    utcnow,
+)
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.contracts.runtime import Deregistration, Heartbeat, WorkerPoolRegistration
@@ -92,7 +100,7 @@ class WorkerPool:
         await self.bus.nc.publish(
             subjects.heartbeat("worker_pool", self.name),
             command.model_dump_json().encode(),
-            headers={REPLY_TO_HEADER: self._beat_reply},
+            headers={REPLY_TO_HEADER: self._beat_reply, REPLY_WHEN_HEADER: REPLY_ON_ERROR},
         )
 
     async def _on_beat_reply(self, msg: Msg) -> None:
