@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+import uvloop
+
 from noetl.settings import get_settings
 
 
@@ -51,7 +53,7 @@ def _consumer(args: argparse.Namespace) -> int:
     if unknown:
         print(f"noetl consumer: unknown {unknown}; choose from {sorted(CONSUMERS)}", file=sys.stderr)
         return 2
-    asyncio.run(run(args.names, get_settings()))
+    uvloop.run(run(args.names, get_settings()))
     return 0
 
 
@@ -66,7 +68,7 @@ def _migrate(_: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from noetl.worker.main import run_worker
 
-    asyncio.run(run_worker(get_settings(), name=args.name, runtime=args.runtime, capacity=args.capacity))
+    uvloop.run(run_worker(get_settings(), name=args.name, runtime=args.runtime, capacity=args.capacity))
     return 0
 
 

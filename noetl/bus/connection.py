@@ -28,6 +28,8 @@ class Bus:
         self.name = name
         self.nc: NATS = NATS()
         self._on_connect: list[OnConnect] = []
+        self._js: JetStreamContext | None = None
+        self._js_of: NATS | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -37,7 +39,11 @@ class Bus:
 
     @property
     def js(self) -> JetStreamContext:
-        return self.nc.jetstream()
+        """One JetStream context per connection: each context keeps its own inbox for async
+        publish acks, so a context per call would leak a subscription and a task every time."""
+        if self._js is None or self._js_of is not self.nc:
+            self._js, self._js_of = self.nc.jetstream(), self.nc
+        return self._js
 
     @property
     def connected(self) -> bool:

@@ -54,6 +54,8 @@ def token(value: str) -> str:
     Dots, spaces, ``*``, ``>`` and non-ASCII letters cannot split or widen a subject, and two
     different names never share a token.
     """
+    if _SAFE.issuperset(value):
+        return value
     return "".join(ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in value)
 
 

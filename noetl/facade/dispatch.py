@@ -26,7 +26,7 @@ class Dispatcher:
     def __init__(self, request: Request, idempotency_key: str | None) -> None:
         self.requester: Requester = request.app.state.requester
         self.settings: Settings = request.app.state.settings
-        self.scope = f"{request.method} {request.url.path}"
+        self.scope = f"{request.method} {request.scope['path']}"
         self.idempotency_key = idempotency_key
 
     def _command(self, subject: str, payload: dict[str, Any], command_type: str) -> Command:
@@ -67,7 +67,7 @@ def accepted(request_id: str, headers: dict[str, str] | None = None) -> JSONResp
     )
 
 
-def get_dispatcher(
+async def get_dispatcher(
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Dispatcher:

@@ -13,7 +13,8 @@ SELECT request_id, fingerprint, outcome FROM processed_commands WHERE request_id
 
 RECORD = """
 INSERT INTO processed_commands (request_id, type, fingerprint, outcome)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::jsonb[])
+SELECT request_id, type, fingerprint, outcome
+FROM jsonb_to_recordset(%s::jsonb) AS c(request_id text, type text, fingerprint text, outcome jsonb)
 ON CONFLICT (request_id) DO NOTHING
 """
 
@@ -35,8 +36,11 @@ async def record(conn: AsyncConnection, rows: list[tuple[str, str, str | None, d
     """Record (request_id, type, fingerprint, outcome) rows."""
     if not rows:
         return
-    ids, types, prints, outcomes = zip(*rows, strict=True)
-    await conn.execute(RECORD, (list(ids), list(types), list(prints), [Jsonb(o) for o in outcomes]))
+    batch = [
+        {"request_id": rid, "type": kind, "fingerprint": fingerprint, "outcome": outcome}
+        for rid, kind, fingerprint, outcome in rows
+    ]
+    await conn.execute(RECORD, (Jsonb(batch),))
 
 
 async def dead_letter(

@@ -19,22 +19,16 @@ class NewEvent:
 
 INSERT_EVENTS = """
 INSERT INTO events (type, subject, entity, payload)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[])
+SELECT type, subject, entity, payload
+FROM jsonb_to_recordset(%s::jsonb) AS e(type text, subject text, entity jsonb, payload jsonb)
 """
 
 
 async def add_events(conn: AsyncConnection, events: list[NewEvent]) -> None:
     if not events:
         return
-    await conn.execute(
-        INSERT_EVENTS,
-        (
-            [e.type for e in events],
-            [e.subject for e in events],
-            [Jsonb(e.entity) for e in events],
-            [Jsonb(e.payload) for e in events],
-        ),
-    )
+    batch = [{"type": e.type, "subject": e.subject, "entity": e.entity, "payload": e.payload} for e in events]
+    await conn.execute(INSERT_EVENTS, (Jsonb(batch),))
 
 
 UNPUBLISHED = """

@@ -29,13 +29,14 @@ class Beaten:
 
 
 # Rows are sorted by (kind, name) before every batched write, so two consumers touching the same
-# components lock them in the same order and never deadlock.
+# components lock them in the same order and never deadlock. A batch travels as one JSON array
+# (`jsonb_to_recordset`): psycopg would encode parallel arrays element by element in Python.
 
 UPSERT = """
 INSERT INTO runtime_components AS r (kind, name, uri, status, labels, capacity, runtime, heartbeat)
 SELECT u.kind, u.name, u.uri, u.status, u.labels, u.capacity, u.runtime, now()
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::int[], %s::jsonb[])
-    AS u(kind, name, uri, status, labels, capacity, runtime)
+FROM jsonb_to_recordset(%s::jsonb)
+    AS u(kind text, name text, uri text, status text, labels jsonb, capacity int, runtime jsonb)
 ON CONFLICT (kind, name) DO UPDATE SET
     uri = excluded.uri,
     status = excluded.status,
@@ -52,24 +53,25 @@ async def upsert(conn: AsyncConnection, regs: list[RuntimeRegistration]) -> list
     """Register or re-register: the (kind, name) keeps its runtime_id; the rest is replaced."""
     latest = {(r.kind, r.name): r for r in regs}
     rows = [latest[key] for key in sorted(latest)]
-    cur = await conn.execute(
-        UPSERT,
-        (
-            [r.kind for r in rows],
-            [r.name for r in rows],
-            [r.uri for r in rows],
-            [r.status for r in rows],
-            [Jsonb(r.labels) if r.labels is not None else None for r in rows],
-            [r.capacity for r in rows],
-            [Jsonb(r.runtime_metadata()) for r in rows],
-        ),
-    )
+    batch = [
+        {
+            "kind": r.kind,
+            "name": r.name,
+            "uri": r.uri,
+            "status": r.status,
+            "labels": r.labels,
+            "capacity": r.capacity,
+            "runtime": r.runtime_metadata(),
+        }
+        for r in rows
+    ]
+    cur = await conn.execute(UPSERT, (Jsonb(batch),))
     return [Registered(**row) for row in await cur.fetchall()]
 
 
 DEREGISTER = """
 UPDATE runtime_components r SET status = 'offline', updated_at = now()
-FROM (SELECT * FROM unnest(%s::text[], %s::text[]) AS u(kind, name) ORDER BY kind, name) u
+FROM (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS u(kind text, name text) ORDER BY kind, name) u
 WHERE r.kind = u.kind AND r.name = u.name
 RETURNING r.runtime_id, r.kind, r.name
 """
@@ -78,7 +80,7 @@ RETURNING r.runtime_id, r.kind, r.name
 async def mark_offline(conn: AsyncConnection, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Deregister: never delete, mark offline. Unknown keys are simply not returned."""
     keys = sorted(set(keys))
-    cur = await conn.execute(DEREGISTER, ([k for k, _ in keys], [n for _, n in keys]))
+    cur = await conn.execute(DEREGISTER, (Jsonb([{"kind": k, "name": n} for k, n in keys]),))
     return await cur.fetchall()
 
 
@@ -89,7 +91,7 @@ async def mark_offline(conn: AsyncConnection, keys: list[tuple[str, str]]) -> li
 HEARTBEAT = """
 WITH prev AS (
     SELECT r.runtime_id, r.status, b.sent_at, b.sent_at > now() - make_interval(secs => %s) AS fresh
-    FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) WITH ORDINALITY AS b(kind, name, sent_at, i)
+    FROM jsonb_to_recordset(%s::jsonb) AS b(kind text, name text, sent_at timestamptz)
     CROSS JOIN LATERAL (
         SELECT runtime_id, status FROM runtime_components
         WHERE kind = b.kind AND name = b.name
@@ -111,9 +113,8 @@ async def beat(
 ) -> dict[tuple[str, str], Beaten]:
     """Apply one collapsed beat per component; the keys missing from the result are unknown."""
     keys = sorted(beats)
-    cur = await conn.execute(
-        HEARTBEAT, (offline_after, [k for k, _ in keys], [n for _, n in keys], [beats[k] for k in keys])
-    )
+    batch = [{"kind": kind, "name": name, "sent_at": beats[kind, name].isoformat()} for kind, name in keys]
+    cur = await conn.execute(HEARTBEAT, (offline_after, Jsonb(batch)))
     return {(row["kind"], row["name"]): Beaten(**row) for row in await cur.fetchall()}
 
 
