@@ -147,28 +147,37 @@ class BatchConsumer(ABC):
         self._stopping.set()
 
     async def run(self) -> None:
-        """Fetch and handle batches until `stop`; a failing batch is retried, never dropped."""
+        """Fetch and handle batches until `stop`; a failing batch is retried, never dropped.
+
+        The next batch is fetched while this one is applied, so the bus and the store work at
+        the same time instead of taking turns.
+        """
         await ensure_streams(self.bus.js)
         config = self.consumer_config()
         await ensure_consumer(self.bus.js, self.stream, config)
         puller = Puller(self.bus.nc, self.stream, self.durable)
         await puller.start()
         log.info("%s: consuming %s", self.durable, config.filter_subject)
-        while not self._stopping.is_set():
-            try:
-                msgs = await puller.fetch(self.batch_size, FETCH_TIMEOUT)
-            except Exception as exc:  # the bus is away: wait and fetch again
-                log.warning("%s: fetch failed: %r", self.durable, exc)
-                await asyncio.sleep(RETRY_DELAY)
-                await self._redeclare(config)
-                continue
-            if not msgs:
-                continue
-            try:
-                await self.handle(msgs)
-            except Exception:  # unacked messages come back after ack_wait
-                log.exception("%s: batch of %d failed; it will be redelivered", self.durable, len(msgs))
-                await asyncio.sleep(RETRY_DELAY)
+        fetching = asyncio.ensure_future(puller.fetch(self.batch_size, FETCH_TIMEOUT))
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await fetching
+                except Exception as exc:  # the bus is away: wait and fetch again
+                    log.warning("%s: fetch failed: %r", self.durable, exc)
+                    await asyncio.sleep(RETRY_DELAY)
+                    await self._redeclare(config)
+                    msgs = []
+                fetching = asyncio.ensure_future(puller.fetch(self.batch_size, FETCH_TIMEOUT))
+                if not msgs:
+                    continue
+                try:
+                    await self.handle(msgs)
+                except Exception:  # unacked messages come back after ack_wait
+                    log.exception("%s: batch of %d failed; it will be redelivered", self.durable, len(msgs))
+                    await asyncio.sleep(RETRY_DELAY)
+        finally:
+            fetching.cancel()
 
     async def _redeclare(self, config: ConsumerConfig) -> None:
         """A restarted server may have lost a memory stream and its consumers: declare them again."""
