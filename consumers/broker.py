@@ -26,6 +26,7 @@ from noetl.templates import RenderError
 log = logging.getLogger(__name__)
 
 MAX_CONTROL_HOPS = 1000
+WORKFLOW_CACHE_SIZE = 512
 
 
 class ExecutionFailed(Exception):
@@ -54,10 +55,33 @@ def execution_event(row: dict[str, Any], event_type: str, **payload: Any) -> New
     )
 
 
-async def _document(conn: AsyncConnection, catalog_id: int) -> dict[str, Any]:
-    entry = await catalog_store.by_id(conn, catalog_id)
-    assert entry is not None, f"catalog entry {catalog_id} vanished"
-    return entry["payload"]
+class Plan:
+    """A catalog entry's graph and runtime. Catalog entries never change, so plans are cached."""
+
+    _cache: dict[int, Plan] = {}
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.workflow = playbook.Workflow(document)
+        self.runtime = playbook.runtime(document)
+        self.actions = sum(1 for step in self.workflow.steps.values() if step.type is not None) or 1
+
+    @classmethod
+    def of(cls, catalog_id: int, document: dict[str, Any]) -> Plan:
+        plan = cls._cache.get(catalog_id)
+        if plan is None:
+            if len(cls._cache) >= WORKFLOW_CACHE_SIZE:
+                cls._cache.clear()
+            plan = cls._cache[catalog_id] = cls(document)
+        return plan
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, catalog_id: int) -> Plan:
+        plan = cls._cache.get(catalog_id)
+        if plan is not None:
+            return plan
+        entry = await catalog_store.by_id(conn, catalog_id)
+        assert entry is not None, f"catalog entry {catalog_id} vanished"
+        return cls.of(catalog_id, entry["payload"])
 
 
 async def context(conn: AsyncConnection, execution: dict[str, Any]) -> dict[str, Any]:
@@ -70,19 +94,16 @@ async def context(conn: AsyncConnection, execution: dict[str, Any]) -> dict[str,
 
 
 class Broker:
-    """One execution's graph, walked inside the caller's transaction."""
+    """One execution's graph walked inside the caller's transaction; its events go out at once."""
 
-    def __init__(self, conn: AsyncConnection, execution: dict[str, Any], document: dict[str, Any]) -> None:
+    def __init__(self, conn: AsyncConnection, execution: dict[str, Any], plan: Plan) -> None:
         self.conn = conn
         self.execution = execution
-        self.document = document
-        self.workflow = playbook.Workflow(document)
-        self.runtime = playbook.runtime(document)
+        self.plan = plan
         self.events: list[NewEvent] = []
 
-    @classmethod
-    async def load(cls, conn: AsyncConnection, execution: dict[str, Any]) -> Broker:
-        return cls(conn, execution, await _document(conn, execution["catalog_id"]))
+    def emit(self, event_type: str, **payload: Any) -> None:
+        self.events.append(execution_event(self.execution, event_type, **payload))
 
     async def enter(self, names: list[str], ctx: dict[str, Any]) -> None:
         """Run control steps in place and dispatch action steps as jobs."""
@@ -91,7 +112,7 @@ class Broker:
             hops += 1
             if hops > MAX_CONTROL_HOPS:
                 raise ExecutionFailed(f"control steps looped more than {MAX_CONTROL_HOPS} times")
-            step = self.workflow.steps[todo.pop(0)]
+            step = self.plan.workflow.steps[todo.pop(0)]
             if step.type is not None:
                 await self._dispatch(step, ctx)
             elif not step.ends_branch:
@@ -99,7 +120,7 @@ class Broker:
 
     def following(self, name: str, ctx: dict[str, Any]) -> list[str]:
         try:
-            return self.workflow.following(name, ctx)
+            return self.plan.workflow.following(name, ctx)
         except RenderError as exc:
             raise ExecutionFailed(f"step {name!r}: `when` {exc}") from exc
 
@@ -112,128 +133,100 @@ class Broker:
             step=step.name,
             definition=step.definition,
             context=ctx,
-            runtime=self.runtime,
+            runtime=self.plan.runtime,
             dispatched_at=row["dispatched_at"],
         )
         self.events.append(
             NewEvent(
                 type="job.dispatched",
-                subject=subjects.job(self.runtime),
+                subject=subjects.job(self.plan.runtime),
                 entity={"domain": "job", "execution_id": str(execution_id), "job_id": job.job_id},
                 payload=job.model_dump(mode="json"),
             )
         )
 
-    def progress(self, finished: int) -> int:
-        actions = sum(1 for s in self.workflow.steps.values() if s.type is not None) or 1
-        return min(99, 100 * finished // actions)
+    async def settle(self, result: Any) -> None:
+        """Complete the execution when no job is left; otherwise record its progress."""
+        execution_id = self.execution["execution_id"]
+        active, finished = await job_store.counts(self.conn, execution_id)
+        if active == 0:
+            row = await store.finish(self.conn, execution_id, status="completed", result=result)
+            if row is not None:
+                self.events.append(execution_event(row, "execution_complete", result=result))
+        elif finished:
+            await store.set_progress(self.conn, execution_id, min(99, 100 * finished // self.plan.actions))
+
+    async def fail(self, error: str) -> None:
+        """Fail the execution: its pending jobs are abandoned and are not dispatched."""
+        execution_id = self.execution["execution_id"]
+        await job_store.abandon_active(self.conn, execution_id)
+        row = await store.finish(self.conn, execution_id, status="failed", error=error)
+        self.events = [e for e in self.events if e.type != "job.dispatched"]
+        if row is not None:
+            self.events.append(execution_event(row, "execution_failed", error=error))
+
+    async def flush(self) -> None:
+        await add_events(self.conn, self.events)
+        self.events = []
 
 
-async def start(conn: AsyncConnection, execution: dict[str, Any]) -> None:
-    """Walk from `start`; an execution with no action step completes at once."""
-    broker = await Broker.load(conn, execution)
+async def start(
+    conn: AsyncConnection, execution: dict[str, Any], document: dict[str, Any], first: NewEvent
+) -> None:
+    """Walk from `start` in the transaction that created the execution (its first event given)."""
+    broker = Broker(conn, execution, Plan.of(execution["catalog_id"], document))
+    broker.events.append(first)
     try:
         await broker.enter([playbook.START], await context(conn, execution))
+        await broker.settle(None)
     except ExecutionFailed as exc:
-        await _fail(conn, execution, str(exc), broker.events)
-        return
-    await add_events(conn, broker.events)
-    if await job_store.active_count(conn, execution["execution_id"]) == 0:
-        await _complete(conn, execution, None)
+        await broker.fail(str(exc))
+    await broker.flush()
 
 
 async def apply_report(conn: AsyncConnection, report: StepReport) -> str:
     """Apply one report; returns what became of it (for the command's outcome)."""
-    execution = await store.lock(conn, int(report.execution_id))
-    if execution is None:
-        return "unknown execution"
+    locked = await job_store.lock_with_execution(conn, int(report.job_id), int(report.execution_id))
+    if locked is None:
+        return "unknown job"
+    job, execution = locked
     if execution["status"] in store.TERMINAL:
         return f"ignored: execution is {execution['status']}"
-    job = await job_store.lock(conn, int(report.job_id))
-    if job is None or job["execution_id"] != execution["execution_id"]:
-        return "unknown job"
-    if job["status"] in ("completed", "failed", "abandoned"):
+    if job["status"] in job_store.FINISHED:
         return f"ignored: job is {job['status']}"
     if report.delivery < job["delivery"]:
         return "ignored: a report from an earlier delivery"
+    broker = Broker(conn, execution, await Plan.load(conn, execution["catalog_id"]))
     who = {"step": report.step, "attempt": report.attempt, "worker": report.worker, "job_id": report.job_id}
     if report.kind == "started":
         await job_store.started(
             conn, job["job_id"], delivery=report.delivery, attempt=report.attempt, worker=report.worker
         )
-        events = [execution_event(execution, "action_started", **who)]
         if job["status"] == "queued":
-            dispatched = job["dispatched_at"].isoformat()
-            events.insert(0, execution_event(execution, "step_started", dispatched_at=dispatched, **who))
-        await add_events(conn, events)
-        return "started"
-    if report.kind == "attempt_failed":
-        await add_events(conn, [execution_event(execution, "action_error", error=report.error, **who)])
-        return "attempt failed"
-    if report.kind == "failed":
-        await job_store.finished(
-            conn,
-            job["job_id"],
-            status="failed",
-            attempt=report.attempt,
-            worker=report.worker,
-            result=report.result,
-            error=report.error,
-        )
-        events = [
-            execution_event(execution, "action_error", error=report.error, **who),
-            execution_event(execution, "step_failed", error=report.error, **who),
-        ]
-        await _fail(conn, execution, f"step {report.step!r} failed: {report.error}", events)
-        return "failed"
-    await job_store.finished(
-        conn,
-        job["job_id"],
-        status="completed",
-        attempt=report.attempt,
-        worker=report.worker,
-        result=report.result,
-        error=None,
-    )
-    events = [
-        execution_event(execution, "action_completed", **who),
-        execution_event(execution, "step_completed", result=report.result, **who),
-    ]
-    await _advance(conn, execution, report, events)
-    return "completed"
+            broker.emit("step_started", dispatched_at=job["dispatched_at"].isoformat(), **who)
+        broker.emit("action_started", **who)
+    elif report.kind == "attempt_failed":
+        broker.emit("action_error", error=report.error, **who)
+    elif report.kind == "failed":
+        await job_store.finished(conn, job["job_id"], status="failed", report=report)
+        broker.emit("action_error", error=report.error, **who)
+        broker.emit("step_failed", error=report.error, **who)
+        await broker.fail(f"step {report.step!r} failed: {report.error}")
+    else:
+        await job_store.finished(conn, job["job_id"], status="completed", report=report)
+        broker.emit("action_completed", **who)
+        broker.emit("step_completed", result=report.result, **who)
+        await _advance(broker, report)
+    await broker.flush()
+    return report.kind
 
 
-async def _advance(
-    conn: AsyncConnection, execution: dict[str, Any], report: StepReport, events: list[NewEvent]
-) -> None:
-    broker = await Broker.load(conn, execution)
-    broker.events = events
-    step = broker.workflow.steps.get(report.step)
+async def _advance(broker: Broker, report: StepReport) -> None:
+    step = broker.plan.workflow.steps.get(report.step)
     try:
         if step is not None and not step.ends_branch:
-            ctx = await context(conn, execution)
+            ctx = await context(broker.conn, broker.execution)
             await broker.enter(broker.following(step.name, ctx), ctx)
+        await broker.settle(report.result)
     except ExecutionFailed as exc:
-        await _fail(conn, execution, str(exc), broker.events)
-        return
-    await add_events(conn, broker.events)
-    if await job_store.active_count(conn, execution["execution_id"]) == 0:
-        await _complete(conn, execution, report.result)
-    else:
-        finished = len(await job_store.results(conn, execution["execution_id"]))
-        await store.set_progress(conn, execution["execution_id"], broker.progress(finished))
-
-
-async def _complete(conn: AsyncConnection, execution: dict[str, Any], result: Any) -> None:
-    row = await store.finish(conn, execution["execution_id"], status="completed", result=result)
-    if row is not None:
-        await add_events(conn, [execution_event(row, "execution_complete", result=result)])
-
-
-async def _fail(conn: AsyncConnection, execution: dict[str, Any], error: str, events: list[NewEvent]) -> None:
-    await job_store.abandon_active(conn, execution["execution_id"])
-    row = await store.finish(conn, execution["execution_id"], status="failed", error=error)
-    events = [e for e in events if e.type != "job.dispatched"]
-    if row is not None:
-        events.append(execution_event(row, "execution_failed", error=error))
-    await add_events(conn, events)
+        await broker.fail(str(exc))

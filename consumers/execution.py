@@ -71,8 +71,7 @@ async def run(conn: AsyncConnection, request_id: str, request: ExecutionRequest)
         },
     )
     start = execution_event(row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=request_id)
-    await add_events(conn, [start])
-    await broker.start(conn, row)
+    await broker.start(conn, row, entry["payload"], start)
     return _summary(request_id, row)
 
 

@@ -33,11 +33,6 @@ async def get(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None
     return await cur.fetchone()
 
 
-async def lock(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None:
-    cur = await conn.execute("SELECT * FROM executions WHERE execution_id = %s FOR UPDATE", (execution_id,))
-    return await cur.fetchone()
-
-
 FINISH = """
 UPDATE executions SET status = %s, result = %s, error = %s,
        progress = CASE WHEN %s THEN 100 ELSE progress END, end_time = now(), updated_at = now()
