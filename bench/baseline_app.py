@@ -1,0 +1,100 @@
+"""The baseline: what the original NoETL API did for a registration, and nothing more.
+
+One FastAPI route, `POST /api/worker/pool/register`, validating the same body model as the facade,
+then one upsert per request on a pooled psycopg connection into the same `runtime_components`
+table, answered with the same response shape. It is given every advantage the original could
+fairly have had: autocommit (one round trip per request, no separate BEGIN/COMMIT), psycopg's
+automatic server-side prepare, and a direct `JSONResponse` (no response-model re-validation).
+
+Run it the way the bench does:
+
+    BENCH_BASELINE_DSN=postgresql://... uvicorn bench.baseline_app:create_app --factory \
+        --loop uvloop --http httptools --no-access-log
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from noetl.contracts.runtime import RegistrationResponse, WorkerPoolRegistration
+
+DSN_ENV = "BENCH_BASELINE_DSN"
+POOL_SIZE_ENV = "BENCH_BASELINE_POOL_SIZE"
+DEFAULT_POOL_SIZE = 16
+
+# The original's upsert on (kind, name): re-registering keeps runtime_id, replaces the rest.
+UPSERT = """
+INSERT INTO runtime_components AS r (kind, name, uri, status, labels, capacity, runtime, heartbeat)
+VALUES (%s, %s, %s, %s, %s, %s, %s, now())
+ON CONFLICT (kind, name) DO UPDATE SET
+    uri = excluded.uri,
+    status = excluded.status,
+    labels = excluded.labels,
+    capacity = excluded.capacity,
+    runtime = excluded.runtime,
+    heartbeat = now(),
+    updated_at = now()
+RETURNING r.runtime_id
+"""
+
+
+def create_app(dsn: str | None = None, pool_size: int | None = None) -> FastAPI:
+    dsn = dsn or os.environ.get(DSN_ENV) or os.environ.get("NOETL_PG_DSN")
+    if not dsn:
+        raise RuntimeError(f"the baseline needs a database: set {DSN_ENV}")
+    size = pool_size or int(os.environ.get(POOL_SIZE_ENV, DEFAULT_POOL_SIZE))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = AsyncConnectionPool(
+            dsn, min_size=size, max_size=size, kwargs={"autocommit": True}, open=False, name="baseline"
+        )
+        await pool.open(wait=True, timeout=30)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="baseline: one upsert per request", lifespan=lifespan)
+
+    @app.post("/api/worker/pool/register", response_model=RegistrationResponse)
+    async def register_worker_pool(body: WorkerPoolRegistration) -> JSONResponse:
+        pool: AsyncConnectionPool = app.state.pool
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                UPSERT,
+                (
+                    body.kind,
+                    body.name,
+                    body.uri,
+                    body.status,
+                    Jsonb(body.labels) if body.labels is not None else None,
+                    body.capacity,
+                    Jsonb(body.runtime_metadata()),
+                ),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return JSONResponse(
+            {
+                "status": "ok",
+                "name": body.name,
+                "runtime_id": str(row[0]),
+                "kind": body.kind,
+                "runtime": body.runtime,
+            }
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
