@@ -38,7 +38,7 @@ from noetl.bus.pull import Puller
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.settings import Settings
 from noetl.store import commands as command_store
-from noetl.store.outbox import NewEvent, add_events
+from noetl.store.outbox import NewEvent, add_events, batched
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,12 @@ class CommandConsumer(BatchConsumer):
         await delivery.msg.ack()
 
     async def _apply_batch(self, conn: AsyncConnection, deliveries: list[Delivery]) -> list[Outcome | None]:
-        """Outcomes aligned with `deliveries`; None for a dead letter."""
+        """Outcomes aligned with `deliveries`; None for a dead letter. The batch's events are
+        written by one statement."""
+        async with batched(conn):
+            return await self._apply_each(conn, deliveries)
+
+    async def _apply_each(self, conn: AsyncConnection, deliveries: list[Delivery]) -> list[Outcome | None]:
         outcomes: list[Outcome | None] = [None] * len(deliveries)
         known = await command_store.stored(conn, [d.command.id for d in deliveries if d.command is not None])
         fresh: dict[str, Command] = {}

@@ -13,7 +13,7 @@ from consumers.broker import execution_event
 from consumers.queries import NotFound
 from noetl import playbook
 from noetl.bus import subjects
-from noetl.bus.envelope import Outcome
+from noetl.bus.envelope import Command, Outcome
 from noetl.contracts.execution import (
     CancelCommand,
     ExecutionDetail,
@@ -110,7 +110,7 @@ async def dead_job(conn: AsyncConnection, request_id: str, dead: DeadJob) -> Out
     return Outcome(request_id=request_id, result={"dead_letter_id": str(letter_id)})
 
 
-apply_commands = by_type(
+_apply_by_type = by_type(
     {
         subjects.command_type(subjects.EXECUTION_RUN): each(ExecutionRequest, run),
         subjects.command_type(subjects.EXECUTION_CANCEL): each(CancelCommand, cancel),
@@ -118,6 +118,22 @@ apply_commands = by_type(
         subjects.command_type(subjects.EXECUTION_DEAD_JOB): each(DeadJob, dead_job),
     }
 )
+
+
+def _lock_key(command: Command) -> int:
+    """The execution a command locks (0 for none: a run makes a new one, a dead job locks none)."""
+    value = command.payload.get("execution_id")
+    return (_numeric(str(value)) if value is not None else None) or 0
+
+
+async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+    """Apply in execution-id order (stable, so one execution's commands keep their order): every
+    copy of this consumer then locks executions in the same order, and two batches never
+    deadlock."""
+    order = sorted(range(len(commands)), key=lambda i: _lock_key(commands[i]))
+    outcomes = await _apply_by_type(conn, [commands[i] for i in order])
+    aligned: dict[int, Outcome] = dict(zip(order, outcomes, strict=True))
+    return [aligned[i] for i in range(len(commands))]
 
 
 def _event(row: dict[str, Any], execution_id: int) -> ExecutionEvent:

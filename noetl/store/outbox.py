@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +27,33 @@ FROM jsonb_to_recordset(%s::jsonb) AS e(type text, subject text, entity jsonb, p
 """
 
 
+# Inside `batched`, events are collected and written by one INSERT at the end of the block.
+_PENDING: ContextVar[list[NewEvent] | None] = ContextVar("noetl_outbox_pending", default=None)
+
+
+@asynccontextmanager
+async def batched(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Collect the block's events and insert them together (in order) when it ends without error."""
+    pending: list[NewEvent] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+    await _insert(conn, pending)
+
+
 async def add_events(conn: AsyncConnection, events: list[NewEvent]) -> None:
+    if not events:
+        return
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.extend(events)
+        return
+    await _insert(conn, events)
+
+
+async def _insert(conn: AsyncConnection, events: list[NewEvent]) -> None:
     if not events:
         return
     batch = [{"type": e.type, "subject": e.subject, "entity": e.entity, "payload": e.payload} for e in events]
