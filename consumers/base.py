@@ -331,21 +331,34 @@ class CommandConsumer(BatchConsumer):
             await delivery.msg.ack()
 
 
+def many(
+    model: type[M], apply_valid: Callable[[AsyncConnection, list[tuple[str, M]]], Awaitable[list[Outcome]]]
+) -> Apply:
+    """A handler that validates each command's payload as `model` and applies the valid ones
+    together, as (request id, payload) pairs; an invalid payload's outcome is a 422."""
+
+    async def apply(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        valid: list[tuple[str, M]] = []
+        for command in commands:
+            try:
+                valid.append((command.id, model.model_validate(command.payload)))
+            except ValidationError as exc:
+                outcomes[command.id] = invalid(command.id, exc)
+        for outcome in await apply_valid(conn, valid):
+            outcomes[outcome.request_id] = outcome
+        return [outcomes[c.id] for c in commands]
+
+    return apply
+
+
 def each(model: type[M], apply_one: Callable[[AsyncConnection, str, M], Awaitable[Outcome]]) -> Apply:
     """A handler that validates each command's payload as `model` and applies it on its own."""
 
-    async def apply(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for command in commands:
-            try:
-                payload = model.model_validate(command.payload)
-            except ValidationError as exc:
-                outcomes.append(invalid(command.id, exc))
-                continue
-            outcomes.append(await apply_one(conn, command.id, payload))
-        return outcomes
+    async def apply_valid(conn: AsyncConnection, valid: list[tuple[str, M]]) -> list[Outcome]:
+        return [await apply_one(conn, request_id, payload) for request_id, payload in valid]
 
-    return apply
+    return many(model, apply_valid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,29 +84,37 @@ class Plan:
         return cls.of(catalog_id, entry["payload"])
 
 
-async def context(conn: AsyncConnection, execution: dict[str, Any]) -> dict[str, Any]:
-    """What templates see: the workload, the execution id, and every finished step by name."""
+def context(execution: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What templates see: the workload, the execution id, and every completed step by name
+    (`jobs` oldest first, so a later run of a step wins)."""
     ctx: dict[str, Any] = {"workload": execution["workload"], "execution_id": str(execution["execution_id"])}
-    for row in await job_store.results(conn, execution["execution_id"]):
-        result = row["result"]
-        ctx[row["step"]] = {**result, "result": result} if isinstance(result, dict) else {"result": result}
+    for job in jobs:
+        if job["status"] == "completed":
+            result = job["result"]
+            ctx[job["step"]] = (
+                {**result, "result": result} if isinstance(result, dict) else {"result": result}
+            )
     return ctx
 
 
 class Broker:
-    """One execution's graph walked inside the caller's transaction; its events go out at once."""
+    """One execution's graph walked inside the caller's transaction.
+
+    Dispatches and events are held until `flush`, which writes those of many brokers at once.
+    """
 
     def __init__(self, conn: AsyncConnection, execution: dict[str, Any], plan: Plan) -> None:
         self.conn = conn
         self.execution = execution
         self.plan = plan
         self.events: list[NewEvent] = []
+        self.pending: list[tuple[playbook.Step, dict[str, Any]]] = []
 
     def emit(self, event_type: str, **payload: Any) -> None:
         self.events.append(execution_event(self.execution, event_type, **payload))
 
-    async def enter(self, names: list[str], ctx: dict[str, Any]) -> None:
-        """Run control steps in place and dispatch action steps as jobs."""
+    def enter(self, names: list[str], ctx: dict[str, Any]) -> None:
+        """Run control steps in place; action steps wait in `pending` for their jobs."""
         todo, hops = list(names), 0
         while todo:
             hops += 1
@@ -114,7 +122,7 @@ class Broker:
                 raise ExecutionFailed(f"control steps looped more than {MAX_CONTROL_HOPS} times")
             step = self.plan.workflow.steps[todo.pop(0)]
             if step.type is not None:
-                await self._dispatch(step, ctx)
+                self.pending.append((step, ctx))
             elif not step.ends_branch:
                 todo += self.following(step.name, ctx)
 
@@ -124,64 +132,72 @@ class Broker:
         except RenderError as exc:
             raise ExecutionFailed(f"step {name!r}: `when` {exc}") from exc
 
-    async def _dispatch(self, step: playbook.Step, ctx: dict[str, Any]) -> None:
-        execution_id = self.execution["execution_id"]
-        row = await job_store.add(self.conn, execution_id, step.name)
+    def job_event(self, step: playbook.Step, ctx: dict[str, Any], row: dict[str, Any]) -> NewEvent:
+        execution_id = str(self.execution["execution_id"])
         job = Job(
             job_id=str(row["job_id"]),
-            execution_id=str(execution_id),
+            execution_id=execution_id,
             step=step.name,
             definition=step.definition,
             context=ctx,
             runtime=self.plan.runtime,
             dispatched_at=row["dispatched_at"],
         )
-        self.events.append(
-            NewEvent(
-                type="job.dispatched",
-                subject=subjects.job(self.plan.runtime),
-                entity={"domain": "job", "execution_id": str(execution_id), "job_id": job.job_id},
-                payload=job.model_dump(mode="json"),
-            )
+        return NewEvent(
+            type="job.dispatched",
+            subject=subjects.job(self.plan.runtime),
+            entity={"domain": "job", "execution_id": execution_id, "job_id": job.job_id},
+            payload=job.model_dump(mode="json"),
         )
 
-    async def settle(self, result: Any) -> None:
-        """Complete the execution when no job is left; otherwise record its progress."""
+    async def settle(self, result: Any, active: int, completed: int) -> None:
+        """Complete the execution when no job is left (`active` live jobs besides the pending
+        ones); otherwise record its progress."""
         execution_id = self.execution["execution_id"]
-        active, finished = await job_store.counts(self.conn, execution_id)
-        if active == 0:
+        if active + len(self.pending) == 0:
             row = await store.finish(self.conn, execution_id, status="completed", result=result)
             if row is not None:
                 self.events.append(execution_event(row, "execution_complete", result=result))
-        elif finished:
-            await store.set_progress(self.conn, execution_id, min(99, 100 * finished // self.plan.actions))
+        elif completed:
+            await store.set_progress(self.conn, execution_id, min(99, 100 * completed // self.plan.actions))
 
     async def fail(self, error: str) -> None:
-        """Fail the execution: its pending jobs are abandoned and are not dispatched."""
+        """Fail the execution: its live jobs are abandoned and its pending ones never dispatched."""
         execution_id = self.execution["execution_id"]
+        self.pending = []
         await job_store.abandon_active(self.conn, execution_id)
         row = await store.finish(self.conn, execution_id, status="failed", error=error)
-        self.events = [e for e in self.events if e.type != "job.dispatched"]
         if row is not None:
             self.events.append(execution_event(row, "execution_failed", error=error))
 
-    async def flush(self) -> None:
-        await add_events(self.conn, self.events)
-        self.events = []
+
+async def flush(conn: AsyncConnection, brokers: list[Broker]) -> None:
+    """The brokers' pending jobs, inserted by one statement, then all their events by one."""
+    wanted = [(b, step, ctx) for b in brokers for step, ctx in b.pending]
+    rows = await job_store.add(conn, [(b.execution["execution_id"], step.name) for b, step, _ in wanted])
+    for (b, step, ctx), row in zip(wanted, rows, strict=True):
+        b.events.append(b.job_event(step, ctx, row))
+    await add_events(conn, [event for b in brokers for event in b.events])
+    for b in brokers:
+        b.pending, b.events = [], []
 
 
 async def start(
-    conn: AsyncConnection, execution: dict[str, Any], document: dict[str, Any], first: NewEvent
+    conn: AsyncConnection, started: list[tuple[dict[str, Any], dict[str, Any], NewEvent]]
 ) -> None:
-    """Walk from `start` in the transaction that created the execution (its first event given)."""
-    broker = Broker(conn, execution, Plan.of(execution["catalog_id"], document))
-    broker.events.append(first)
-    try:
-        await broker.enter([playbook.START], await context(conn, execution))
-        await broker.settle(None)
-    except ExecutionFailed as exc:
-        await broker.fail(str(exc))
-    await broker.flush()
+    """Walk new executions from `start` in the transaction that created them; each comes as
+    (execution, playbook document, its first event)."""
+    brokers = []
+    for execution, document, first in started:
+        broker = Broker(conn, execution, Plan.of(execution["catalog_id"], document))
+        broker.events.append(first)
+        try:
+            broker.enter([playbook.START], context(execution, []))
+            await broker.settle(None, active=0, completed=0)
+        except ExecutionFailed as exc:
+            await broker.fail(str(exc))
+        brokers.append(broker)
+    await flush(conn, brokers)
 
 
 async def apply_report(conn: AsyncConnection, report: StepReport) -> str:
@@ -213,20 +229,26 @@ async def apply_report(conn: AsyncConnection, report: StepReport) -> str:
         broker.emit("step_failed", error=report.error, **who)
         await broker.fail(f"step {report.step!r} failed: {report.error}")
     else:
-        await job_store.finished(conn, job["job_id"], status="completed", report=report)
+        # The update, and the read of the execution's jobs that sees it, in one round trip.
+        async with conn.pipeline():
+            await job_store.finished(conn, job["job_id"], status="completed", report=report)
+            jobs = await job_store.of_execution(conn, execution["execution_id"])
         broker.emit("action_completed", **who)
         broker.emit("step_completed", result=report.result, **who)
-        await _advance(broker, report)
-    await broker.flush()
+        await _advance(broker, report, await jobs.fetchall())
+    await flush(conn, [broker])
     return report.kind
 
 
-async def _advance(broker: Broker, report: StepReport) -> None:
+async def _advance(broker: Broker, report: StepReport, jobs: list[dict[str, Any]]) -> None:
+    """`jobs`: the execution's jobs, this one finished, read once for the context and the counts."""
     step = broker.plan.workflow.steps.get(report.step)
     try:
         if step is not None and not step.ends_branch:
-            ctx = await context(broker.conn, broker.execution)
-            await broker.enter(broker.following(step.name, ctx), ctx)
-        await broker.settle(report.result)
+            ctx = context(broker.execution, jobs)
+            broker.enter(broker.following(step.name, ctx), ctx)
+        active = sum(1 for job in jobs if job["status"] not in job_store.FINISHED)
+        completed = sum(1 for job in jobs if job["status"] == "completed")
+        await broker.settle(report.result, active, completed)
     except ExecutionFailed as exc:
         await broker.fail(str(exc))

@@ -8,7 +8,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from consumers import broker
-from consumers.base import Domain, by_type, dead_letter, each
+from consumers.base import Domain, by_type, dead_letter, each, many
 from consumers.broker import execution_event
 from consumers.queries import NotFound
 from noetl import playbook
@@ -48,31 +48,55 @@ async def _lookup(conn: AsyncConnection, request: ExecutionRequest) -> dict[str,
     return row or f"catalog entry not found: path {path!r}, version {request.version}"
 
 
-async def run(conn: AsyncConnection, request_id: str, request: ExecutionRequest) -> Outcome:
-    entry = await _lookup(conn, request)
-    if isinstance(entry, str):
-        return Outcome.failed(request_id, "not_found", entry)
+def _entry_key(request: ExecutionRequest) -> tuple[str | None, ...]:
+    if request.catalog_id:
+        return ("catalog_id", request.catalog_id)
+    return ("path", (request.playbook_path() or "").strip("/"), request.version)
+
+
+async def run(conn: AsyncConnection, requests: list[tuple[str, ExecutionRequest]]) -> list[Outcome]:
+    """Accept runs: one catalog lookup per distinct playbook, one INSERT for the executions and,
+    through the broker, one for their first jobs."""
+    outcomes: list[Outcome] = []
+    entries: dict[tuple[str | None, ...], dict[str, Any] | str] = {}
+    accepted: list[tuple[str, ExecutionRequest, dict[str, Any]]] = []
+    for request_id, request in requests:
+        key = _entry_key(request)
+        if key not in entries:
+            entries[key] = await _lookup(conn, request)
+        entry = entries[key]
+        if isinstance(entry, str):
+            outcomes.append(Outcome.failed(request_id, "not_found", entry))
+        else:
+            accepted.append((request_id, request, entry))
+    rows = await store.add(conn, [_new_execution(request, entry) for _, request, entry in accepted])
+    started = []
+    for (request_id, _, entry), row in zip(accepted, rows, strict=True):
+        first = execution_event(
+            row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=request_id
+        )
+        started.append((row, entry["payload"], first))
+        outcomes.append(_summary(request_id, row))
+    await broker.start(conn, started)
+    return outcomes
+
+
+def _new_execution(request: ExecutionRequest, entry: dict[str, Any]) -> dict[str, Any]:
     parent = request.parent()
-    row = await store.add(
-        conn,
-        {
-            "catalog_id": entry["catalog_id"],
-            "path": entry["path"],
-            "version": entry["version"],
-            "type": request.type,
-            "status": RUNNING,
-            "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
-            "parameters": request.parameters,
-            "merge": request.merge,
-            "parent_execution_id": parent.parent_execution_id,
-            "parent_event_id": parent.parent_event_id,
-            "parent_step": parent.parent_step,
-            "metadata": request.metadata,
-        },
-    )
-    start = execution_event(row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=request_id)
-    await broker.start(conn, row, entry["payload"], start)
-    return _summary(request_id, row)
+    return {
+        "catalog_id": entry["catalog_id"],
+        "path": entry["path"],
+        "version": entry["version"],
+        "type": request.type,
+        "status": RUNNING,
+        "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
+        "parameters": request.parameters,
+        "merge": request.merge,
+        "parent_execution_id": parent.parent_execution_id,
+        "parent_event_id": parent.parent_event_id,
+        "parent_step": parent.parent_step,
+        "metadata": request.metadata,
+    }
 
 
 async def cancel(conn: AsyncConnection, request_id: str, request: CancelCommand) -> Outcome:
@@ -112,7 +136,7 @@ async def dead_job(conn: AsyncConnection, request_id: str, dead: DeadJob) -> Out
 
 _apply_by_type = by_type(
     {
-        subjects.command_type(subjects.EXECUTION_RUN): each(ExecutionRequest, run),
+        subjects.command_type(subjects.EXECUTION_RUN): many(ExecutionRequest, run),
         subjects.command_type(subjects.EXECUTION_CANCEL): each(CancelCommand, cancel),
         subjects.command_type(subjects.EXECUTION_REPORT): each(StepReport, report),
         subjects.command_type(subjects.EXECUTION_DEAD_JOB): each(DeadJob, dead_job),

@@ -12,10 +12,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from consumers.base import BatchConsumer, Delivery, Domain, by_type, record_dead_letter
+from consumers.base import BatchConsumer, Delivery, Domain, by_type, many, record_dead_letter
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import Command, Outcome, invalid
+from noetl.bus.envelope import Command, Outcome
 from noetl.bus.streams import heartbeat_consumer
 from noetl.contracts.runtime import (
     ComponentInfo,
@@ -45,20 +45,16 @@ def event(kind: str, name: str, what: str, **payload: Any) -> NewEvent:
     )
 
 
-async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    outcomes: dict[str, Outcome] = {}
-    valid: list[tuple[Command, RuntimeRegistration]] = []
-    for command in commands:
+async def register(conn: AsyncConnection, regs: list[tuple[str, RuntimeRegistration]]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    valid: list[tuple[str, RuntimeRegistration]] = []
+    for request_id, reg in regs:
         try:
-            reg = RuntimeRegistration.model_validate(command.payload)
             reg.require_uri()
-        except ValidationError as exc:
-            outcomes[command.id] = invalid(command.id, exc)
-            continue
         except MissingUri as exc:
-            outcomes[command.id] = Outcome.failed(command.id, "bad_request", str(exc))
+            outcomes.append(Outcome.failed(request_id, "bad_request", str(exc)))
             continue
-        valid.append((command, reg))
+        valid.append((request_id, reg))
     rows = {(r.kind, r.name): r for r in await store.upsert(conn, [reg for _, reg in valid])}
     await add_events(
         conn,
@@ -67,38 +63,36 @@ async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outco
             for r in rows.values()
         ],
     )
-    for command, reg in valid:
+    for request_id, reg in valid:
         row = rows[(reg.kind, reg.name)]
         response = RegistrationResponse(
             name=reg.name, runtime_id=row.runtime_id, kind=reg.kind, runtime=reg.runtime
         )
-        outcomes[command.id] = Outcome(request_id=command.id, result=response.model_dump(mode="json"))
-    return [outcomes[c.id] for c in commands]
+        outcomes.append(Outcome(request_id=request_id, result=response.model_dump(mode="json")))
+    return outcomes
 
 
-async def deregister(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
-    outcomes: dict[str, Outcome] = {}
-    valid: list[tuple[Command, Deregistration]] = []
-    for command in commands:
-        try:
-            valid.append((command, Deregistration.model_validate(command.payload)))
-        except ValidationError as exc:
-            outcomes[command.id] = invalid(command.id, exc)
-    rows = await store.mark_offline(conn, [(d.kind, d.name) for _, d in valid])
+async def deregister(conn: AsyncConnection, deregs: list[tuple[str, Deregistration]]) -> list[Outcome]:
+    rows = await store.mark_offline(conn, [(d.kind, d.name) for _, d in deregs])
     await add_events(
         conn,
         [event(r["kind"], r["name"], "deregistered", runtime_id=str(r["runtime_id"])) for r in rows],
     )
-    for command, dereg in valid:
-        response = RegistrationResponse(name=dereg.name, runtime_id=None, kind=dereg.kind, runtime=None)
-        outcomes[command.id] = Outcome(request_id=command.id, result=response.model_dump(mode="json"))
-    return [outcomes[c.id] for c in commands]
+    return [
+        Outcome(
+            request_id=request_id,
+            result=RegistrationResponse(name=d.name, runtime_id=None, kind=d.kind, runtime=None).model_dump(
+                mode="json"
+            ),
+        )
+        for request_id, d in deregs
+    ]
 
 
 apply_commands = by_type(
     {
-        subjects.command_type(subjects.RUNTIME_REGISTER): register,
-        subjects.command_type(subjects.RUNTIME_DEREGISTER): deregister,
+        subjects.command_type(subjects.RUNTIME_REGISTER): many(RuntimeRegistration, register),
+        subjects.command_type(subjects.RUNTIME_DEREGISTER): many(Deregistration, deregister),
     }
 )
 

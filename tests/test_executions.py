@@ -12,6 +12,7 @@ import pytest
 from conftest import Db, Servers, Stack, StackFactory
 from helpers_execution import (
     DETAIL_KEYS,
+    DOMAIN_CONSUMERS,
     HELLO_PATH,
     HELLO_WORKLOAD,
     RESPONSE_KEYS,
@@ -107,6 +108,92 @@ async def test_executions_without_action_steps_complete(xstack: Stack, db: Db) -
     assert row["status"] == "completed" and row["end_time"] is not None
     got = await detail(xstack, body["execution_id"])
     assert [e["event_type"] for e in got["events"]] == ["execution_start", "execution_complete"]
+
+
+async def test_runs_applied_as_one_batch_each_get_their_own_outcome(
+    make_stack: StackFactory, servers: Servers, db: Db
+) -> None:
+    """Runs queued while the consumer is away arrive together and are accepted set-based: every
+    outcome still belongs to its own request, and each execution starts on its own."""
+    async with domain_stack(make_stack, servers, api_reply_timeout=0.5) as stack:
+        await register(stack.client)
+        await register(
+            stack.client,
+            "kind: Playbook\nmetadata: {path: only/control}\n"
+            "workflow: [{step: start, next: [end]}, {step: end}]",
+        )
+        bad_when = "{{ workload.no_such_key.deeper }}"
+        await register(
+            stack.client,
+            "kind: Playbook\nmetadata: {path: bad/when}\nworkflow:\n"
+            f"  - {{step: start, next: [{{step: end, when: '{bad_when}'}}]}}\n  - {{step: end}}\n",
+        )
+        await stack.stop_consumers()
+        sent = [
+            {"path": HELLO_PATH, "parameters": {"message": "first"}},
+            {"path": "no/such/playbook"},
+            {"path": "only/control"},
+            {"path": HELLO_PATH, "parameters": {"message": "second"}},
+            {"path": "bad/when"},
+            {"path": HELLO_PATH, "version": "7"},
+            {"path": HELLO_PATH, "parameters": {"message": "third"}},
+        ]
+        ids = []
+        for body in sent:
+            response = await stack.client.post(RUN, json=body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["request_id"])
+        await stack.start_consumers(DOMAIN_CONSUMERS)
+
+        outcomes = []
+        for request_id in ids:
+            for _ in range(100):
+                got = (await stack.client.get(f"/api/requests/{request_id}")).json()
+                if got["state"] == "done":
+                    break
+                await asyncio.sleep(0.1)
+            outcomes.append(got)
+        assert [o["status_code"] for o in outcomes] == [200, 404, 200, 200, 200, 404, 200]
+        assert "no/such/playbook" in outcomes[1]["response"]["detail"]
+        assert "version 7" in outcomes[5]["response"]["detail"]
+
+        started = [o["response"] for o in outcomes if o["status_code"] == 200]
+        assert [b["path"] for b in started] == [
+            HELLO_PATH,
+            "only/control",
+            HELLO_PATH,
+            "bad/when",
+            HELLO_PATH,
+        ]
+        rows = {
+            r["execution_id"]: r
+            for r in await db.all("SELECT execution_id, status, workload, error FROM executions")
+        }
+        assert sorted(rows) == sorted(int(b["execution_id"]) for b in started)
+        messages = [rows[int(started[i]["execution_id"])]["workload"]["message"] for i in (0, 2, 4)]
+        assert messages == ["first", "second", "third"]
+
+        # Outcomes are recorded in the transaction that started (or ended) each execution.
+        final = {
+            r["execution_id"]: r for r in await db.all("SELECT execution_id, status, error FROM executions")
+        }
+        assert final[int(started[1]["execution_id"])]["status"] == "completed"
+        assert final[int(started[3]["execution_id"])]["status"] == "failed"
+        assert "no_such_key" in final[int(started[3]["execution_id"])]["error"]
+        for i in (0, 2, 4):
+            assert final[int(started[i]["execution_id"])]["status"] == "running"
+        jobs = await db.all("SELECT execution_id, step, status FROM jobs ORDER BY job_id")
+        assert sorted(j["execution_id"] for j in jobs) == sorted(
+            int(started[i]["execution_id"]) for i in (0, 2, 4)
+        )
+        assert {(j["step"], j["status"]) for j in jobs} == {("greet", "queued")}
+        starts = await db.all(
+            "SELECT entity->>'execution_id' AS id, payload->>'request_id' AS request_id FROM events"
+            " WHERE type = 'execution_start'"
+        )
+        assert {s["id"]: s["request_id"] for s in starts} == {
+            b["execution_id"]: ids[[0, 2, 3, 4, 6][i]] for i, b in enumerate(started)
+        }
 
 
 # --------------------------------------------------------------------------- run: lookups and aliases

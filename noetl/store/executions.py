@@ -9,23 +9,47 @@ from psycopg.types.json import Jsonb
 
 from noetl.contracts.execution import TERMINAL
 
-INSERT = """
-INSERT INTO executions (catalog_id, path, version, type, status, workload, parameters, merge,
-                        parent_execution_id, parent_event_id, parent_step, metadata)
-VALUES (%(catalog_id)s, %(path)s, %(version)s, %(type)s, %(status)s, %(workload)s, %(parameters)s,
-        %(merge)s, %(parent_execution_id)s, %(parent_event_id)s, %(parent_step)s, %(metadata)s)
-RETURNING *
+COLUMNS = (
+    "catalog_id",
+    "path",
+    "version",
+    "type",
+    "status",
+    "workload",
+    "parameters",
+    "merge",
+    "parent_execution_id",
+    "parent_event_id",
+    "parent_step",
+    "metadata",
+)
+JSON_COLUMNS = frozenset({"workload", "parameters", "metadata"})
+
+# Identities are drawn in the order of the sorted SELECT, so ordering by execution_id gives the
+# rows back in the order they were given.
+INSERT_MANY = f"""
+WITH added AS (
+    INSERT INTO executions ({", ".join(COLUMNS)})
+    SELECT {", ".join(f"u.{c}" for c in COLUMNS)}
+    FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[],
+                %s::bool[], %s::text[], %s::text[], %s::text[], %s::jsonb[])
+         WITH ORDINALITY AS u({", ".join(COLUMNS)}, ord)
+    ORDER BY u.ord
+    RETURNING *
+)
+SELECT * FROM added ORDER BY execution_id
 """
 
-JSON_COLUMNS = ("workload", "parameters", "metadata")
 
-
-async def add(conn: AsyncConnection, row: dict[str, Any]) -> dict[str, Any]:
-    values = {k: Jsonb(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
-    cur = await conn.execute(INSERT, values)
-    added = await cur.fetchone()
-    assert added is not None
-    return added
+async def add(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New executions (dicts keyed by COLUMNS) in one statement; their rows in the same order."""
+    if not rows:
+        return []
+    columns = [
+        [Jsonb(r[c]) if c in JSON_COLUMNS and r[c] is not None else r[c] for r in rows] for c in COLUMNS
+    ]
+    cur = await conn.execute(INSERT_MANY, columns)
+    return await cur.fetchall()
 
 
 async def get(conn: AsyncConnection, execution_id: int) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from noetl.contracts.jobs import StepReport
@@ -12,14 +12,26 @@ from noetl.contracts.jobs import StepReport
 FINISHED = frozenset({"completed", "failed", "abandoned"})
 
 
-async def add(conn: AsyncConnection, execution_id: int, step: str) -> dict[str, Any]:
-    cur = await conn.execute(
-        "INSERT INTO jobs (execution_id, step) VALUES (%s, %s) RETURNING job_id, dispatched_at",
-        (execution_id, step),
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return row
+# Identities are drawn in the order of the sorted SELECT, so ordering by job_id gives the rows
+# back in the order they were asked for.
+INSERT_MANY = """
+WITH added AS (
+    INSERT INTO jobs (execution_id, step)
+    SELECT u.execution_id, u.step
+    FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS u(execution_id, step, ord)
+    ORDER BY u.ord
+    RETURNING job_id, dispatched_at
+)
+SELECT job_id, dispatched_at FROM added ORDER BY job_id
+"""
+
+
+async def add(conn: AsyncConnection, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    """Jobs as (execution_id, step), in one statement; their rows come back in the same order."""
+    if not jobs:
+        return []
+    cur = await conn.execute(INSERT_MANY, ([e for e, _ in jobs], [s for _, s in jobs]))
+    return await cur.fetchall()
 
 
 # The execution and the job, locked together, in one statement: reports about one execution
@@ -70,22 +82,9 @@ async def abandon_active(conn: AsyncConnection, execution_id: int) -> None:
     )
 
 
-async def counts(conn: AsyncConnection, execution_id: int) -> tuple[int, int]:
-    """(active, completed) jobs of an execution."""
-    cur = await conn.execute(
-        "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active, "
-        "count(*) FILTER (WHERE status = 'completed') AS completed FROM jobs WHERE execution_id = %s",
-        (execution_id,),
+async def of_execution(conn: AsyncConnection, execution_id: int) -> AsyncCursor[dict[str, Any]]:
+    """Every job of an execution (step, status, result), oldest first. The cursor is returned
+    unread so the query can share a pipeline; fetch it after the pipeline syncs."""
+    return await conn.execute(
+        "SELECT step, status, result FROM jobs WHERE execution_id = %s ORDER BY job_id", (execution_id,)
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row["active"]), int(row["completed"])
-
-
-async def results(conn: AsyncConnection, execution_id: int) -> list[dict[str, Any]]:
-    """Finished steps' results, oldest first (a later run of a step wins)."""
-    cur = await conn.execute(
-        "SELECT step, result FROM jobs WHERE execution_id = %s AND status = 'completed' ORDER BY job_id",
-        (execution_id,),
-    )
-    return await cur.fetchall()
