@@ -302,16 +302,13 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
     import psycopg
 
     from noetl.bus import subjects
-    from noetl.bus.envelope import REPLY_ON_ERROR, REPLY_TO_HEADER, REPLY_WHEN_HEADER, Command
+    from noetl.bus.envelope import Command
     from noetl.contracts.runtime import Heartbeat
 
     perf = time.perf_counter
     n = opts.components
     names = [f"{HB_PREFIX}{i:06d}" for i in range(n)]
     subj = [subjects.heartbeat("worker_pool", name) for name in names]
-    # As a worker beats (noetl.worker.pool): a reply only if the registry does not know it.
-    reply_to = subjects.reply("bench-hb", "heartbeat")
-    headers = {REPLY_TO_HEADER: reply_to, REPLY_WHEN_HEADER: REPLY_ON_ERROR} if opts.reply_header else None
     id_prefix = f"hb{os.getpid():x}r{opts.rate}-"
     # What we publish must be what a worker publishes: check one against the contracts.
     ts = datetime.now(UTC).isoformat()
@@ -354,11 +351,8 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
                     i = pos
                     pos = pos + 1 if pos + 1 < n else 0
                     seq += 1
-                    await publish(
-                        subj[i],
-                        (HB_TEMPLATE % (id_prefix, seq, stamp, names[i], stamp)).encode(),
-                        headers=headers,
-                    )
+                    # As a worker beats (noetl.worker.pool): no headers.
+                    await publish(subj[i], (HB_TEMPLATE % (id_prefix, seq, stamp, names[i], stamp)).encode())
                     if i in sampled and i not in pending:
                         pending[i] = (sent, now, in_window)
                         if in_window:
@@ -667,7 +661,11 @@ class Bench:
             "bench.baseline_app:create_app",
             self.baseline_port,
             self.base_env()
-            | {"BENCH_BASELINE_DSN": self.dsn, "BENCH_BASELINE_POOL_SIZE": str(args.baseline_pool)},
+            | {
+                "BENCH_BASELINE_DSN": self.dsn,
+                "BENCH_BASELINE_POOL_SIZE": str(args.baseline_pool),
+                "BENCH_BASELINE_STYLE": args.baseline_style,
+            },
         )
         self.sampler.track("orchestrator", os.getpid())
         self.sampler.start()
@@ -914,8 +912,6 @@ class Bench:
             "--poll-interval",
             str(args.hb_poll_interval),
         ]
-        if not args.hb_reply_header:
-            extra.append("--no-reply-header")
         cpu0, t0 = self.sampler.cpu(), time.perf_counter()
         res = self.role("hb-load", extra, timeout=args.hb_warmup + args.hb_duration + args.hb_drain + 90)
         cpu1, t1 = self.sampler.cpu(), time.perf_counter()
@@ -1066,7 +1062,8 @@ def render(result: dict[str, Any]) -> str:
             f"   {'':22s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'non-200':>8s}"
             f" {'DB stmt/req':>11s} {'DB xact/req':>11s} {'other load':>10s}   per round"
         )
-        for app, title in (("facade", "facade (bus)"), ("baseline", "baseline (direct SQL)")):
+        baseline_title = f"baseline ({cfg.get('baseline_style', 'tuned')})"
+        for app, title in (("facade", "facade (bus)"), ("baseline", baseline_title)):
             x = s[app]
             add(
                 f"   {title:22s} {x['throughput']:9,.1f} {x['p50_ms']:8.1f} {x['p99_ms']:8.1f} "
@@ -1174,6 +1171,13 @@ def parser() -> argparse.ArgumentParser:
         help="module: consumers.process.run in a subprocess; cli: `noetl consumer ...`",
     )
     g.add_argument("--baseline-pool", type=int, default=16, help="the baseline's connection pool size")
+    g.add_argument(
+        "--baseline-style",
+        choices=("original", "tuned"),
+        default="original",
+        help="original: the original's code path (a transaction, response_model); "
+        "tuned: autocommit and a direct JSONResponse (see bench/baseline_app.py)",
+    )
     g = p.add_argument_group("registration")
     g.add_argument("--clients", type=int, default=64, help="concurrent HTTP connections")
     g.add_argument("--rounds", type=int, help="rounds, each app once per round")
@@ -1192,12 +1196,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--hb-sample", type=int, default=1000, help="components whose rows are polled for lag")
     g.add_argument("--hb-poll-interval", type=float, default=0.02)
     g.add_argument("--hb-lag-limit", type=float, default=1.0, help="p99 publish-to-row lag limit, s")
-    g.add_argument(
-        "--no-hb-reply-header",
-        dest="hb_reply_header",
-        action="store_false",
-        help="publish beats without the reply header (workers send one; the consumer then replies)",
-    )
     # Internal: the load generators and the fallback consumer run as separate processes.
     p.add_argument(
         "--role", choices=["orchestrate", "http-load", "hb-load", "consumer"], default="orchestrate"
@@ -1215,7 +1213,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lag-limit", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--poll-interval", type=float, default=0.02, help=argparse.SUPPRESS)
     p.add_argument("--max-beats", type=int, default=50_000_000, help=argparse.SUPPRESS)
-    p.add_argument("--no-reply-header", dest="reply_header", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     return p
 

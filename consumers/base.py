@@ -26,9 +26,7 @@ from pydantic import BaseModel, ValidationError
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import (
-    REPLY_ON_ERROR,
     REPLY_TO_HEADER,
-    REPLY_WHEN_HEADER,
     Command,
     Outcome,
     invalid,
@@ -187,12 +185,11 @@ class BatchConsumer(ABC):
         except Exception as exc:
             log.debug("%s: cannot declare the stream yet: %r", self.durable, exc)
 
-    async def reply(self, delivery: Delivery, outcome: Outcome) -> None:
-        if not delivery.reply_to:
-            return
-        if outcome.error is None and delivery.header(REPLY_WHEN_HEADER) == REPLY_ON_ERROR:
-            return
-        await self.bus.nc.publish(delivery.reply_to, outcome.model_dump_json().encode())
+    async def reply(self, delivery: Delivery, outcome: Outcome, to: str | None = None) -> None:
+        """Answer on the subject the command named, or on `to` when it named none."""
+        subject = delivery.reply_to or to
+        if subject:
+            await self.bus.nc.publish(subject, outcome.model_dump_json().encode())
 
 
 Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]

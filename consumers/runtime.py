@@ -140,7 +140,14 @@ class HeartbeatConsumer(BatchConsumer):
                 ],
             )
         for delivery, hb in beats:
-            await self.reply(delivery, self._answer(delivery.command, hb, known, recreated))
+            key = (hb.kind, hb.name)
+            # A beat that names no reply subject (a worker's) hears back only when it is unknown.
+            if delivery.reply_to or (key not in known and key not in recreated):
+                await self.reply(
+                    delivery,
+                    self._answer(delivery.command, hb, known, recreated),
+                    to=subjects.heartbeat_unknown(hb.kind, hb.name),
+                )
         await msgs[-1].ack()
 
     async def _recreate(

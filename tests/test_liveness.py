@@ -245,28 +245,28 @@ async def test_two_sweeper_processes_share_the_sweeping(
 async def test_a_worker_beat_is_answered_only_when_the_registry_does_not_know_it(
     make_stack: StackFactory, db: Db, nc
 ) -> None:
-    """Workers beat with `Noetl-Reply-When: error`: no reply traffic for the usual ok, an answer
-    (`unknown`) when they must register again."""
-    from noetl.bus.envelope import REPLY_ON_ERROR, REPLY_WHEN_HEADER, Command, utcnow
+    """Workers beat without headers: no reply traffic for the usual ok, and `unknown` on the
+    component's own subject when it must register again."""
+    from noetl.bus.envelope import Command, utcnow
     from noetl.contracts.runtime import Heartbeat
 
     stack = await make_stack()
     await stack.client.post("/api/worker/pool/register", json={"name": "quiet-worker"})
-    answers = await nc.subscribe("test.worker-beat.reply")
-    headers = {REPLY_TO_HEADER: "test.worker-beat.reply", REPLY_WHEN_HEADER: REPLY_ON_ERROR}
-    for i, name in enumerate(("quiet-worker", "forgotten-worker")):
+    answers = await nc.subscribe(subjects.heartbeat_unknown("worker_pool", "forgotten.worker"))
+    quiet = await nc.subscribe(subjects.heartbeat_unknown("worker_pool", "quiet-worker"))
+    for i, name in enumerate(("quiet-worker", "forgotten.worker")):
         beat = Heartbeat(kind="worker_pool", name=name, sent_at=utcnow())
         command = Command(
             id=f"hb-quiet-{i}", type=subjects.HEARTBEAT_TYPE, payload=beat.model_dump(mode="json")
         )
-        await nc.publish(
-            subjects.heartbeat("worker_pool", name), command.model_dump_json().encode(), headers=headers
-        )
-    (answer,) = [json.loads((await answers.next_msg(timeout=10)).data)]
+        await nc.publish(subjects.heartbeat("worker_pool", name), command.model_dump_json().encode())
+    msg = await answers.next_msg(timeout=10)
+    assert msg.subject == subjects.heartbeat_unknown("worker_pool", "forgotten.worker")
+    answer = json.loads(msg.data)
     assert answer["error"]["code"] == "unknown"
-    assert answer["error"]["detail"] == {"status": "unknown", "name": "forgotten-worker"}
+    assert answer["error"]["detail"] == {"status": "unknown", "name": "forgotten.worker"}
     with contextlib.suppress(TimeoutError):
-        extra = await answers.next_msg(timeout=1.0)
+        extra = await quiet.next_msg(timeout=1.0)
         raise AssertionError(f"an ok beat was answered: {extra.data!r}")
     row = await db.component("quiet-worker")
     assert row is not None and row["heartbeat"] > row["created_at"]

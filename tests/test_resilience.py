@@ -344,6 +344,12 @@ async def test_noetl_worker_registers_beats_and_deregisters(
         return current["heartbeat"] > first
 
     await wait_for(beat_advanced, what="a heartbeat from the worker")
+    # The registry forgets the worker: its next beat is answered `unknown`, and it registers again.
+    await db.execute("DELETE FROM runtime_components WHERE kind = 'worker_pool' AND name = 'cli.worker'")
+    again = await wait_for(
+        lambda: db.component("cli.worker"), timeout=30, what="the worker to register again"
+    )
+    assert again["runtime_id"] != row["runtime_id"] and again["status"] == "ready"
     assert await stop_gracefully(worker) == 0, worker.output()
     await wait_for(
         lambda: _status_is(db, "cli.worker", "offline"), what="the worker to deregister on SIGTERM"

@@ -12,9 +12,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
-# "error": reply only when the outcome is an error (a worker's heartbeat wants to hear "unknown").
-REPLY_WHEN_HEADER = "Noetl-Reply-When"
-REPLY_ON_ERROR = "error"
 
 ErrorCode = Literal["bad_request", "invalid", "not_found", "unknown", "conflict", "unavailable"]
 

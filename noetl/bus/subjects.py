@@ -98,3 +98,9 @@ def reply_prefix(client_id: str) -> str:
 
 def reply(client_id: str, request_id: str) -> str:
     return f"{reply_prefix(client_id)}.{token(request_id)}"
+
+
+def heartbeat_unknown(kind: str, name: str) -> str:
+    """Where a component hears that the registry does not know it, when its beats name no reply
+    subject (as a worker's do: beats without headers cost the consumer least)."""
+    return f"noetl.reply.unknown.{token(kind)}.{token(name)}"

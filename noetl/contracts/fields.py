@@ -42,7 +42,8 @@ def _clean_name(value: Any) -> Any:
         raise ValueError("must not be empty")
     if len(value) > NAME_MAX_LENGTH:
         raise ValueError(f"must be at most {NAME_MAX_LENGTH} characters")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in value):
+    # isprintable() is false for every control character (and for some spaces, which are fine).
+    if not value.isprintable() and any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in value):
         raise ValueError("must not contain control characters")
     return value
 

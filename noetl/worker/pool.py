@@ -18,15 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
-from noetl.bus.envelope import (
-    REPLY_ON_ERROR,
-    REPLY_TO_HEADER,
-    REPLY_WHEN_HEADER,
-    Command,
-    Outcome,
-    new_request_id,
-    utcnow,
-)
+from noetl.bus.envelope import Command, Outcome, new_request_id, utcnow
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.contracts.runtime import Deregistration, Heartbeat, WorkerPoolRegistration
@@ -53,7 +45,6 @@ class WorkerPool:
         self.heartbeat_interval = heartbeat_interval
         self.runtime_id: str | None = None
         self._unknown = asyncio.Event()
-        self._beat_reply = subjects.reply(self.requester.client_id, "heartbeat")
 
     @property
     def name(self) -> str:
@@ -67,7 +58,7 @@ class WorkerPool:
         """Subscribe for replies, then register (before the first beat), retrying until it takes."""
         await ensure_streams(self.bus.js)
         await self.requester.subscribe(self.bus)
-        await self.bus.nc.subscribe(self._beat_reply, cb=self._on_beat_reply)
+        await self.bus.nc.subscribe(subjects.heartbeat_unknown("worker_pool", self.name), cb=self._on_unknown)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((RegistrationFailed, BusUnavailable)),
             wait=wait_exponential(min=0.2, max=5),
@@ -97,13 +88,12 @@ class WorkerPool:
         command = Command(
             id=new_request_id(), type=subjects.HEARTBEAT_TYPE, payload=beat.model_dump(mode="json")
         )
+        # No headers: the registry answers only "unknown", on our own subject.
         await self.bus.nc.publish(
-            subjects.heartbeat("worker_pool", self.name),
-            command.model_dump_json().encode(),
-            headers={REPLY_TO_HEADER: self._beat_reply, REPLY_WHEN_HEADER: REPLY_ON_ERROR},
+            subjects.heartbeat("worker_pool", self.name), command.model_dump_json().encode()
         )
 
-    async def _on_beat_reply(self, msg: Msg) -> None:
+    async def _on_unknown(self, msg: Msg) -> None:
         try:
             outcome = Outcome.model_validate_json(msg.data)
         except ValueError:
