@@ -485,9 +485,7 @@ class Stack(Bench):
                     while time.perf_counter() - t0 < timeout:
                         ci = await js.consumer_info(subjects.COMMANDS_STREAM, EXECUTION_DURABLE)
                         pending = ci.num_pending + ci.num_ack_pending
-                        cur = await conn.execute(
-                            f"SELECT /* {MARK} */ count(*) FROM events WHERE published_at IS NULL"
-                        )
+                        cur = await conn.execute(f"SELECT /* {MARK} */ count(*) FROM outbox")
                         row = await cur.fetchone()
                         unpublished = int(row[0]) if row else 0
                         if pending == 0 and unpublished == 0:
@@ -824,7 +822,6 @@ class ExecutionsBench:
         res["from_sent_p50_ms"], res["from_sent_p99_ms"] = ms(sent, 50), ms(sent, 99)
         res["http_p50_ms"], res["http_p99_ms"] = ms(http, 50), ms(http, 99)
         res["samples"] = len(lat)
-        res["relay"] = self.relay_delays(res["requested"])
         res["pass"] = bool(res["p99_ms"] is not None and res["p99_ms"] < 50 and res["events_missing"] == 0)
         log(
             f"  p50 {res['p50_ms']:.1f} ms  p99 {res['p99_ms']:.1f} ms  "
@@ -832,18 +829,6 @@ class ExecutionsBench:
             f"missing {res['events_missing']}  statuses {res['statuses']}"
         )
         return res
-
-    def relay_delays(self, n: int) -> dict[str, Any]:
-        """For the last `n` execution_start events: commit-side timestamps from the outbox row.
-        created_at is the consumer transaction's start; published_at is set after the publish."""
-        rows = self.stack.sql(
-            f"SELECT /* {MARK} */ extract(epoch FROM published_at - created_at) FROM events "
-            "WHERE type = 'execution_start' AND published_at IS NOT NULL "
-            "ORDER BY event_id DESC LIMIT %s",
-            (n,),
-        )
-        us = [int(float(r[0]) * 1e6) for r in rows]
-        return {"txn_start_to_published_p50_ms": ms(us, 50), "txn_start_to_published_p99_ms": ms(us, 99)}
 
     def run(self) -> dict[str, Any]:
         args, st = self.args, self.stack
@@ -950,11 +935,6 @@ def render(result: dict[str, Any]) -> str:
             f"{lat['max_ms']:8.1f}"
         )
         add(f"   {'POST -> HTTP 200':22s} {_num(lat['http_p50_ms'])} {'':>8s} {_num(lat['http_p99_ms'])}")
-        relay = lat["relay"]
-        add(
-            f"   {'txn start -> published':22s} {_num(relay['txn_start_to_published_p50_ms'])} {'':>8s} "
-            f"{_num(relay['txn_start_to_published_p99_ms'])}   (outbox row timestamps)"
-        )
         add(
             f"   achieved {lat['achieved_rate']:.1f}/s, statuses {lat['statuses']}, events missing "
             f"{lat['events_missing']}, sent >5 ms late {lat['sent_late_over_5ms']}, other load "

@@ -313,7 +313,7 @@ async def test_real_processes_as_a_user_starts_them(clean: Servers, processes: P
 
     # The relay in the consumer process published the events.
     async def relayed():
-        return await db.value("SELECT count(*) FROM events WHERE published_at IS NULL") == 0
+        return await db.value("SELECT count(*) FROM outbox") == 0
 
     await wait_for(relayed, what="the relay to publish every event")
     assert await db.events_for("proc pool.1") == ["runtime.registered", "runtime.deregistered"]

@@ -1,4 +1,5 @@
-"""The outbox: events are rows written in the transaction of the change they describe."""
+"""The outbox: events are rows written in the transaction of the change they describe, each queued
+in `outbox` until the relay has published it."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ class NewEvent:
 
 
 INSERT_EVENTS = """
-INSERT INTO events (type, subject, entity, payload)
-SELECT type, subject, entity, payload
-FROM jsonb_to_recordset(%s::jsonb) AS e(type text, subject text, entity jsonb, payload jsonb)
+WITH added AS (
+    INSERT INTO events (type, subject, entity, payload)
+    SELECT type, subject, entity, payload
+    FROM jsonb_to_recordset(%s::jsonb) AS e(type text, subject text, entity jsonb, payload jsonb)
+    RETURNING event_id
+)
+INSERT INTO outbox (event_id) SELECT event_id FROM added
 """
 
 
@@ -61,12 +66,12 @@ async def _insert(conn: AsyncConnection, events: list[NewEvent]) -> None:
 
 
 UNPUBLISHED = """
-SELECT event_id, type, subject, entity, payload, created_at
-FROM events WHERE published_at IS NULL
-ORDER BY event_id LIMIT %s
+SELECT e.event_id, e.type, e.subject, e.entity, e.payload, e.created_at
+FROM outbox o JOIN events e ON e.event_id = o.event_id
+ORDER BY o.event_id LIMIT %s
 """
 
-MARK_PUBLISHED = "UPDATE events SET published_at = now() WHERE event_id = ANY(%s)"
+MARK_PUBLISHED = "DELETE FROM outbox WHERE event_id = ANY(%s)"
 
 
 async def unpublished(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
