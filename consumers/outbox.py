@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from psycopg import AsyncConnection
 
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import MSG_ID_HEADER, Event
+from noetl.bus.envelope import MSG_ID_HEADER
 from noetl.store import outbox
 from noetl.store.db import connect
 
@@ -23,21 +22,6 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = 0x6E6F65746C02
 BATCH = 1000
 IDLE_WAKE = 1.0
-
-
-def envelope(row: dict[str, Any]) -> Event:
-    return Event(
-        id=str(row["event_id"]),
-        type=row["type"],
-        time=row["created_at"],
-        entity=row["entity"],
-        payload=row["payload"],
-    )
-
-
-def message_id(row: dict[str, Any]) -> str:
-    """Unique across database resets too: the id alone could repeat inside the window."""
-    return f"{row['event_id']}-{int(row['created_at'].timestamp() * 1_000_000)}"
 
 
 async def relay_pending(conn: AsyncConnection, bus: Bus) -> int:
@@ -49,9 +33,7 @@ async def relay_pending(conn: AsyncConnection, bus: Bus) -> int:
             return total
         acks = [
             await bus.js.publish_async(
-                row["subject"],
-                envelope(row).model_dump_json().encode(),
-                headers={MSG_ID_HEADER: message_id(row)},
+                row["subject"], row["envelope"].encode(), headers={MSG_ID_HEADER: row["message_id"]}
             )
             for row in rows
         ]

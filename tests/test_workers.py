@@ -892,6 +892,35 @@ async def test_a_worker_killed_mid_step_and_the_execution_completes_once_on_anot
     assert len(pids_in(pid_dir)) == 2  # the step ran once in each worker's sandbox
 
 
+async def test_a_step_whose_worker_dies_on_every_delivery_fails_the_execution(wx: WorkerStack) -> None:
+    """With NOETL_JOB_MAX_DELIVER=2: the first delivery kills its worker; the last one is not run
+    but fails the step, so the execution ends instead of waiting forever."""
+    runtime = "poison"
+    path = "tests/workers/poison"
+    kill_worker = "def main():\n    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+    await wx.register(
+        playbook(
+            path,
+            [
+                {"step": "start", "next": to_end("crash")},
+                python_step("crash", kill_worker, next=to_end()),
+                {"step": "end"},
+            ],
+            runtime=runtime,
+        )
+    )
+    pool = await wx.workers.started(("x1", runtime), ("x2", runtime), NOETL_JOB_MAX_DELIVER="2")
+    execution_id = await wx.run(path)
+    detail = await wx.finished(execution_id, timeout=30 + 4 * LEASE_SECONDS)
+    assert detail["status"] == "failed", detail
+    assert "delivered 2 times" in detail["error"], detail["error"]
+    assert [w.alive for w in pool].count(True) == 1  # one died running it; the other refused
+    (failed,) = events_of(detail, "step_failed", "crash")
+    assert "delivered 2 times" in failed["error"]
+    row = await wx.db.one("SELECT status, delivery FROM jobs WHERE execution_id = %s", int(execution_id))
+    assert row is not None and row["status"] == "failed" and row["delivery"] == 2, row
+
+
 async def test_a_pool_runs_at_most_capacity_jobs_at_once(wx: WorkerStack) -> None:
     runtime = "narrow"
     path = "tests/workers/narrow"

@@ -67,9 +67,9 @@ async def started(conn: AsyncConnection, job_id: int, *, delivery: int, attempt:
 
 async def finished(conn: AsyncConnection, job_id: int, *, status: str, report: StepReport) -> None:
     await conn.execute(
-        "UPDATE jobs SET status = %s, attempt = %s, worker = %s, result = %s, error = %s, ended_at = now() "
-        "WHERE job_id = %s",
-        (status, report.attempt, report.worker, Jsonb(report.result), report.error, job_id),
+        "UPDATE jobs SET status = %s, delivery = %s, attempt = %s, worker = %s, result = %s, error = %s, "
+        "started_at = COALESCE(started_at, now()), ended_at = now() WHERE job_id = %s",
+        (status, report.delivery, report.attempt, report.worker, Jsonb(report.result), report.error, job_id),
     )
 
 

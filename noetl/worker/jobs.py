@@ -111,6 +111,13 @@ class JobRunner:
 
     async def _handle(self, job: Job, msg: Msg, steps: StepRunner) -> None:
         delivery = msg.metadata.num_delivered
+        if 1 < delivery >= self.settings.job_max_deliver:
+            # No delivery after this one: a step whose worker died (or stopped) every time fails
+            # here, instead of leaving its execution running with nobody to finish it.
+            error = f"the step was delivered {delivery} times and never finished: its worker died or stopped"
+            await self._report(job, "failed", 1, delivery, error=error)
+            await msg.ack()
+            return
         lease = asyncio.ensure_future(self._renew(msg))
         try:
             await self._attempts(job, delivery, steps)
