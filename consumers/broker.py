@@ -214,21 +214,25 @@ async def apply_report(conn: AsyncConnection, report: StepReport) -> str:
         return "ignored: a report from an earlier delivery"
     broker = Broker(conn, execution, await Plan.load(conn, execution["catalog_id"]))
     who = {"step": report.step, "attempt": report.attempt, "worker": report.worker, "job_id": report.job_id}
-    if report.kind == "started":
-        await job_store.started(
-            conn, job["job_id"], delivery=report.delivery, attempt=report.attempt, worker=report.worker
-        )
+    # An attempt that ended before its worker reported its start carries the start in this report.
+    ran = report.kind != "exhausted"
+    if ran and (job["delivery"], job["attempt"]) < (report.delivery, report.attempt):
+        if report.kind in ("started", "attempt_failed"):
+            await job_store.started(
+                conn, job["job_id"], delivery=report.delivery, attempt=report.attempt, worker=report.worker
+            )
         if job["status"] == "queued":
             broker.emit("step_started", dispatched_at=job["dispatched_at"].isoformat(), **who)
         broker.emit("action_started", **who)
-    elif report.kind == "attempt_failed":
+    if report.kind == "attempt_failed":
         broker.emit("action_error", error=report.error, **who)
-    elif report.kind == "failed":
+    elif report.kind in ("failed", "exhausted"):
         await job_store.finished(conn, job["job_id"], status="failed", report=report)
-        broker.emit("action_error", error=report.error, **who)
+        if ran:
+            broker.emit("action_error", error=report.error, **who)
         broker.emit("step_failed", error=report.error, **who)
         await broker.fail(f"step {report.step!r} failed: {report.error}")
-    else:
+    elif report.kind == "completed":
         # The update, and the read of the execution's jobs that sees it, in one round trip.
         async with conn.pipeline():
             await job_store.finished(conn, job["job_id"], status="completed", report=report)

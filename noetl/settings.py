@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(30.0, gt=0)
     job_max_deliver: int = Field(5, ge=1)
     worker_grace_seconds: float = Field(30.0, ge=0)
+    # A step still running after this long reports its start at once; one that ends sooner reports
+    # its start together with its end (one command instead of two; the same events).
+    worker_start_report_delay: float = Field(0.1, ge=0)
     step_timeout_seconds: float = Field(300.0, gt=0)
 
     consumer_batch_size: int = Field(512, ge=1, le=4096)

@@ -13,6 +13,7 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -915,10 +916,57 @@ async def test_a_step_whose_worker_dies_on_every_delivery_fails_the_execution(wx
     assert detail["status"] == "failed", detail
     assert "delivered 2 times" in detail["error"], detail["error"]
     assert [w.alive for w in pool].count(True) == 1  # one died running it; the other refused
+    assert not events_of(detail, "action_started", "crash")  # it died before its start was told
     (failed,) = events_of(detail, "step_failed", "crash")
     assert "delivered 2 times" in failed["error"]
     row = await wx.db.one("SELECT status, delivery FROM jobs WHERE execution_id = %s", int(execution_id))
     assert row is not None and row["status"] == "failed" and row["delivery"] == 2, row
+
+
+async def test_a_step_reports_its_start_apart_only_when_it_runs_long(wx: WorkerStack) -> None:
+    """A step that ends within NOETL_WORKER_START_REPORT_DELAY (0.1 s) reports once, its start
+    with its end; a longer one reports its start first. Both tell the same story in events."""
+    assert wx.main is not None
+    path = "tests/workers/quick-and-slow"
+    await wx.register(
+        playbook(
+            path,
+            [
+                {"step": "start", "next": to_end("quick")},
+                python_step("quick", "def main():\n    return {'status': 'success'}\n", next=to_end("slow")),
+                python_step(
+                    "slow",
+                    "def main():\n    import time\n    time.sleep(0.6)\n    return {'status': 'success'}\n",
+                    next=to_end(),
+                ),
+                {"step": "end"},
+            ],
+        )
+    )
+    detail = await wx.finished(await wx.run(path))
+    assert detail["status"] == "completed", detail
+    for step in ("quick", "slow"):
+        assert types_of(detail, step) == [
+            "step_started",
+            "action_started",
+            "action_completed",
+            "step_completed",
+        ]
+    reports = await wx.db.all(
+        "SELECT j.step, p.outcome->'result'->>'status' AS kind FROM jobs j"
+        " JOIN processed_commands p ON p.request_id LIKE 'job-' || j.job_id || '-%%'"
+        " WHERE j.execution_id = %s ORDER BY p.processed_at",
+        int(detail["execution_id"]),
+    )
+    assert [(r["step"], r["kind"]) for r in reports] == [
+        ("quick", "completed"),
+        ("slow", "started"),
+        ("slow", "completed"),
+    ]
+    slow = [
+        datetime.fromisoformat(e["timestamp"]) for e in detail["events"] if e["payload"].get("step") == "slow"
+    ]
+    assert (slow[2] - slow[1]).total_seconds() >= 0.4  # its start was told while it ran
 
 
 async def test_a_pool_runs_at_most_capacity_jobs_at_once(wx: WorkerStack) -> None:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Base64Bytes, BaseModel, Field
 
-ReportKind = Literal["started", "attempt_failed", "completed", "failed"]
+# "exhausted": the job's last delivery, not run because every earlier one died with its worker.
+ReportKind = Literal["started", "attempt_failed", "completed", "failed", "exhausted"]
 
 
 class Job(BaseModel):

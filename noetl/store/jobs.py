@@ -37,7 +37,7 @@ async def add(conn: AsyncConnection, jobs: list[tuple[int, str]]) -> list[dict[s
 # The execution and the job, locked together, in one statement: reports about one execution
 # apply one at a time, across consumers.
 LOCK_WITH_EXECUTION = """
-SELECT j.job_id, j.status AS job_status, j.delivery, j.dispatched_at, e.*
+SELECT j.job_id, j.status AS job_status, j.delivery, j.attempt AS job_attempt, j.dispatched_at, e.*
 FROM jobs j JOIN executions e ON e.execution_id = j.execution_id
 WHERE j.job_id = %s AND j.execution_id = %s
 FOR UPDATE OF e, j
@@ -52,8 +52,13 @@ async def lock_with_execution(
     row = await cur.fetchone()
     if row is None:
         return None
-    job = {"job_id": row.pop("job_id"), "status": row.pop("job_status"), "delivery": row.pop("delivery")}
-    job["dispatched_at"] = row.pop("dispatched_at")
+    job = {
+        "job_id": row.pop("job_id"),
+        "status": row.pop("job_status"),
+        "delivery": row.pop("delivery"),
+        "attempt": row.pop("job_attempt"),
+        "dispatched_at": row.pop("dispatched_at"),
+    }
     return job, row
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 from nats.aio.msg import Msg
@@ -115,7 +116,7 @@ class JobRunner:
             # No delivery after this one: a step whose worker died (or stopped) every time fails
             # here, instead of leaving its execution running with nobody to finish it.
             error = f"the step was delivered {delivery} times and never finished: its worker died or stopped"
-            await self._report(job, "failed", 1, delivery, error=error)
+            await self._report(job, "exhausted", 1, delivery, error=error)
             await msg.ack()
             return
         lease = asyncio.ensure_future(self._renew(msg))
@@ -135,9 +136,8 @@ class JobRunner:
     async def _attempts(self, job: Job, delivery: int, steps: StepRunner) -> None:
         max_attempts, delay = retry_of(job)
         for attempt in range(1, max_attempts + 1):
-            await self._report(job, "started", attempt, delivery)
             try:
-                result = await steps.run(job)
+                result = await self._attempt(job, attempt, delivery, steps)
             except StepFailed as exc:
                 if attempt < max_attempts:
                     await self._report(job, "attempt_failed", attempt, delivery, error=str(exc))
@@ -147,6 +147,25 @@ class JobRunner:
                 return
             await self._report(job, "completed", attempt, delivery, result=result)
             return
+
+    async def _attempt(self, job: Job, attempt: int, delivery: int, steps: StepRunner) -> Any:
+        """Run one attempt. Its start is reported once it has run for the delay; an attempt that
+        ends sooner carries its start in its final report (one command instead of two)."""
+        ended = asyncio.Event()
+        start = asyncio.ensure_future(self._report_start_after_delay(job, attempt, delivery, ended))
+        try:
+            return await steps.run(job)
+        finally:
+            ended.set()
+            await start  # skipped, or already on its way: then it lands before the final report
+
+    async def _report_start_after_delay(
+        self, job: Job, attempt: int, delivery: int, ended: asyncio.Event
+    ) -> None:
+        try:
+            await asyncio.wait_for(ended.wait(), self.settings.worker_start_report_delay)
+        except TimeoutError:
+            await self._report(job, "started", attempt, delivery)
 
     async def _renew(self, msg: Msg) -> None:
         interval = self.settings.job_lease_seconds * LEASE_RENEW_FRACTION
