@@ -24,11 +24,11 @@ BATCH = 1000
 IDLE_WAKE = 1.0
 
 
-async def relay_pending(conn: AsyncConnection, bus: Bus) -> int:
-    """Publish every unpublished event; returns how many."""
+async def relay_pending(conn: AsyncConnection, bus: Bus, since: int = 0) -> int:
+    """Publish every queued event from id `since` on; returns how many."""
     total = 0
     while True:
-        rows = await outbox.unpublished(conn, BATCH)
+        rows = await outbox.unpublished(conn, BATCH, since)
         if not rows:
             return total
         acks = [
@@ -40,6 +40,8 @@ async def relay_pending(conn: AsyncConnection, bus: Bus) -> int:
         await asyncio.gather(*acks)
         await outbox.mark_published(conn, [row["event_id"] for row in rows])
         total += len(rows)
+        # A lower id not visible yet belongs to a transaction whose commit will notify us of it.
+        since = rows[-1]["event_id"] + 1
 
 
 async def run_relay(dsn: str, bus: Bus, stop: asyncio.Event) -> None:
@@ -61,7 +63,10 @@ async def _relay(conn: AsyncConnection, bus: Bus, stop: asyncio.Event) -> None:
         await asyncio.sleep(IDLE_WAKE)
     await conn.execute("LISTEN noetl_outbox")
     log.info("relay: active")
+    since = 0  # the whole queue first: what an earlier relay left
     while not stop.is_set():
-        await relay_pending(conn, bus)
-        async for _ in conn.notifies(timeout=IDLE_WAKE, stop_after=1):
-            pass
+        await relay_pending(conn, bus, since)
+        since = 0  # no word within IDLE_WAKE: a whole pass
+        async for note in conn.notifies(timeout=IDLE_WAKE, stop_after=1):
+            # Each committed insert names its lowest event id: scan from there.
+            since = int(note.payload) if note.payload.isdigit() else 0

@@ -73,15 +73,17 @@ SELECT e.event_id, e.subject,
        e.event_id::text || '-' || floor(extract(epoch FROM e.created_at) * 1000000)::bigint AS message_id,
        json_build_object('id', e.event_id::text, 'type', e.type, 'time', e.created_at,
                          'entity', e.entity, 'payload', e.payload)::text AS envelope
-FROM outbox o JOIN events e ON e.event_id = o.event_id
-ORDER BY o.event_id LIMIT %s
+FROM (SELECT event_id FROM outbox WHERE event_id >= %s ORDER BY event_id LIMIT %s) o
+JOIN events e ON e.event_id = o.event_id
+ORDER BY o.event_id
 """
 
 MARK_PUBLISHED = "DELETE FROM outbox WHERE event_id = ANY(%s)"
 
 
-async def unpublished(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
-    cur = await conn.execute(UNPUBLISHED, (limit,))
+async def unpublished(conn: AsyncConnection, limit: int, since: int = 0) -> list[dict[str, Any]]:
+    """Queued events from id `since` on, oldest first."""
+    cur = await conn.execute(UNPUBLISHED, (since, limit))
     return await cur.fetchall()
 
 
