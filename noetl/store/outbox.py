@@ -65,17 +65,18 @@ async def _insert(conn: AsyncConnection, events: list[NewEvent]) -> None:
     await conn.execute(INSERT_EVENTS, (Jsonb(batch),))
 
 
-# The envelope (`noetl.bus.envelope.Event`) is built here, as JSON text: the relay only forwards it.
-# The message id is unique across database resets too (an event id alone could repeat inside
-# JetStream's duplicate window).
+# Events are looked up by primary key, so the plan stays an index scan whatever the queue's
+# statistics say. The envelope (`noetl.bus.envelope.Event`) is built here as JSON text, and the
+# relay only forwards it. The message id is unique across database resets too (an event id alone
+# could repeat inside JetStream's duplicate window).
 UNPUBLISHED = """
 SELECT e.event_id, e.subject,
        e.event_id::text || '-' || floor(extract(epoch FROM e.created_at) * 1000000)::bigint AS message_id,
        json_build_object('id', e.event_id::text, 'type', e.type, 'time', e.created_at,
                          'entity', e.entity, 'payload', e.payload)::text AS envelope
-FROM (SELECT event_id FROM outbox WHERE event_id >= %s ORDER BY event_id LIMIT %s) o
-JOIN events e ON e.event_id = o.event_id
-ORDER BY o.event_id
+FROM events e
+WHERE e.event_id = ANY(ARRAY(SELECT event_id FROM outbox WHERE event_id >= %s ORDER BY event_id LIMIT %s))
+ORDER BY e.event_id
 """
 
 MARK_PUBLISHED = "DELETE FROM outbox WHERE event_id = ANY(%s)"
