@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
-from noetl.bus.requests import Requester
+from noetl.bus.requests import QueryUnanswered, Requester
 from noetl.facade.dispatch import ACCEPTED_RETRY_AFTER
 from noetl.facade.errors import outcome_body, outcome_status, unavailable
 
@@ -38,7 +38,10 @@ async def request_outcome(request_id: RequestId, request: Request) -> JSONRespon
     """The outcome of an accepted command: its HTTP status and body, once applied."""
     requester: Requester = request.app.state.requester
     timeout = request.app.state.settings.api_reply_timeout
-    outcome = await requester.stored_outcome(request_id, timeout)
+    try:
+        outcome = await requester.stored_outcome(request_id, timeout)
+    except QueryUnanswered:  # no consumer is up to read it: it is not applied yet either
+        outcome = None
     if outcome is None:
         return JSONResponse(
             {"request_id": request_id, "state": "pending"},
