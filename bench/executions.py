@@ -40,13 +40,16 @@ from bench.runtime import (
     RESULTS_DIR,
     ROOT,
     Bench,
+    content_length,
     cpu_delta,
     db_delta,
     db_snapshot,
     environment,
     install_uvloop,
     log,
+    mean_of,
     percentile,
+    raise_on_term,
     split_host,
 )
 
@@ -84,16 +87,6 @@ QUICK = {"rounds": 2, "duration": 6.0, "warmup": 2.0, "latency_duration": 10.0}
 # --------------------------------------------------------------------------------------------
 
 
-def _content_length(head: bytes) -> int:
-    # Copied from bench.runtime (private there).
-    lower = head.lower()
-    at = lower.find(b"\r\ncontent-length:")
-    if at < 0:
-        raise ValueError("response without content-length")
-    end = lower.find(b"\r\n", at + 2)
-    return int(lower[at + 17 : end].strip())
-
-
 class HttpConn:
     """One keep-alive connection that reconnects after any failure."""
 
@@ -116,7 +109,7 @@ class HttpConn:
             self.writer.write(self.head % len(body) + body)
             head = await self.reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            length = _content_length(head)
+            length = content_length(head)
             data = await self.reader.readexactly(length) if length else b""
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             self.close()
@@ -342,20 +335,10 @@ class Stack(Bench):
         return [str(cli)] if cli.exists() else [sys.executable, "-m", "noetl.cli"]
 
     def start(self) -> None:
-        from noetl.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-        from noetl.store.migrate import migrate
+        from noetl.embedded import free_port
 
         args = self.args
-        log(f"work directory {self.workdir}")
-        self.nats = EmbeddedNats(self.workdir / "nats", free_port())
-        self.nats_url = self.nats.start()
-        self.sampler.track("nats", self.nats.proc.pid)
-        self.pg = EmbeddedPostgres(self.workdir / "pg", free_port(), durable=True)
-        self.dsn = self.pg.start()
-        self.pgss = self.enable_pg_stat_statements()
-        self.sampler.track("postgres", self.pg.proc.pid)
-        log(f"nats {self.nats_url}, postgres {self.dsn} (durable, pg_stat_statements: {self.pgss})")
-        asyncio.run(migrate(self.dsn))
+        self.start_servers()
 
         bus_env = self.base_env() | {"NOETL_NATS_URL": self.nats_url}
         consumer_env = bus_env | {"NOETL_PG_DSN": self.dsn}
@@ -757,9 +740,9 @@ class ExecutionsBench:
                     k: round(sum(x["cpu_ms_per_request"].get(k, 0) for x in mine) / len(mine), 3)
                     for k in sorted(keys)
                 },
-                "other_cores": _mean(x["host"]["other_cores"] for x in mine),
-                "db_statements_per_request": _mean(x["db"].get("statements_per_unit") for x in mine),
-                "db_xact_per_request": _mean(x["db"].get("xact_per_unit") for x in mine),
+                "other_cores": mean_of(x["host"]["other_cores"] for x in mine),
+                "db_statements_per_request": mean_of(x["db"].get("statements_per_unit") for x in mine),
+                "db_xact_per_request": mean_of(x["db"].get("xact_per_unit") for x in mine),
                 "rows_inserted": sum(x["rows_inserted"] for x in mine),
                 "drain_after_s": None,
             }
@@ -861,11 +844,6 @@ class ExecutionsBench:
         }
         result["finished"] = datetime.now(UTC).isoformat()
         return result
-
-
-def _mean(values: Any) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def _num(v: float | None, fmt: str = "8.1f") -> str:
@@ -1028,10 +1006,6 @@ def apply_mode(args: argparse.Namespace, full: dict[str, Any], quick: dict[str, 
             setattr(args, key, value)
 
 
-def _raise_on_term(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def write_result(result: dict[str, Any], json_out: str | None, name: str) -> Path:
     out = Path(json_out) if json_out else RESULTS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1050,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(start_latency(args))))
         return 0
     apply_mode(args, FULL, QUICK)
-    signal.signal(signal.SIGTERM, _raise_on_term)
+    signal.signal(signal.SIGTERM, raise_on_term)
     bench = ExecutionsBench(args)
     try:
         result = bench.run()

@@ -123,7 +123,7 @@ BODY = (
 RESPONSE_KEYS = {"status", "name", "runtime_id", "kind", "runtime"}
 
 
-def _content_length(head: bytes) -> int:
+def content_length(head: bytes) -> int:
     lower = head.lower()
     at = lower.find(b"\r\ncontent-length:")
     if at < 0:
@@ -169,7 +169,7 @@ async def http_load(opts: argparse.Namespace) -> dict[str, Any]:
                 writer.write(head % len(body) + body)
                 response_head = await reader.readuntil(b"\r\n\r\n")
                 status = int(response_head[9:12])
-                length = _content_length(response_head)
+                length = content_length(response_head)
                 data = await reader.readexactly(length) if length else b""
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                 errors[exc.__class__.__name__] += 1
@@ -625,10 +625,11 @@ class Bench:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start_servers(self) -> None:
+        """nats-server and a durable PostgreSQL with pg_stat_statements, migrated."""
         from noetl.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+        from noetl.store.migrate import migrate
 
-        args = self.args
         log(f"work directory {self.workdir}")
         self.nats = EmbeddedNats(self.workdir / "nats", free_port())
         self.nats_url = self.nats.start()
@@ -638,10 +639,13 @@ class Bench:
         self.pgss = self.enable_pg_stat_statements()
         self.sampler.track("postgres", self.pg.proc.pid)
         log(f"nats {self.nats_url}, postgres {self.dsn} (durable, pg_stat_statements: {self.pgss})")
-
-        from noetl.store.migrate import migrate
-
         asyncio.run(migrate(self.dsn))
+
+    def start(self) -> None:
+        from noetl.embedded import free_port
+
+        args = self.args
+        self.start_servers()
 
         consumer_env = self.base_env() | {"NOETL_NATS_URL": self.nats_url, "NOETL_PG_DSN": self.dsn}
         for i in range(args.consumer_procs):
@@ -857,9 +861,9 @@ class Bench:
                     k: round(sum(x["cpu_ms_per_request"].get(k, 0) for x in mine) / len(mine), 3)
                     for k in sorted(cpu_keys)
                 },
-                "other_cores": _mean(x["host"]["other_cores"] for x in mine),
-                "db_statements_per_request": _mean(x["db"].get("statements_per_unit") for x in mine),
-                "db_xact_per_request": _mean(x["db"].get("xact_per_unit") for x in mine),
+                "other_cores": mean_of(x["host"]["other_cores"] for x in mine),
+                "db_statements_per_request": mean_of(x["db"].get("statements_per_unit") for x in mine),
+                "db_xact_per_request": mean_of(x["db"].get("xact_per_unit") for x in mine),
             }
         f, b = summary["facade"], summary["baseline"]
         summary["ratio"] = f["throughput"] / b["throughput"] if b["throughput"] else None
@@ -1004,7 +1008,7 @@ class Bench:
         return result
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean_of(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
 
@@ -1224,7 +1228,7 @@ def apply_mode(args: argparse.Namespace) -> None:
             setattr(args, key, value)
 
 
-def _raise_on_term(signum: int, _frame: Any) -> None:
+def raise_on_term(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
@@ -1242,7 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
         run_consumer_role(args.names or ["runtime", "outbox"])
         return 0
     apply_mode(args)
-    signal.signal(signal.SIGTERM, _raise_on_term)
+    signal.signal(signal.SIGTERM, raise_on_term)
     bench = Bench(args)
     try:
         result = bench.run()

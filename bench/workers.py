@@ -46,7 +46,7 @@ from bench.executions import (
     render_profile,
     write_result,
 )
-from bench.runtime import HOST, MARK, db_delta, environment, install_uvloop, log
+from bench.runtime import HOST, MARK, db_delta, environment, install_uvloop, log, raise_on_term
 
 RUN_PATH = "/api/executions/run"
 PLAYBOOK_PATH = "bench/three_steps"
@@ -621,10 +621,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _raise_on_term(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.role == "run-load":
@@ -632,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(run_load(args))))
         return 0
     apply_mode(args, FULL, QUICK)
-    signal.signal(signal.SIGTERM, _raise_on_term)
+    signal.signal(signal.SIGTERM, raise_on_term)
     bench = WorkersBench(args)
     try:
         result = bench.run()
