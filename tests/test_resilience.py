@@ -205,6 +205,34 @@ async def test_202_while_consumers_are_down_then_applied(make_stack: StackFactor
     assert again.status_code == 200
 
 
+async def test_a_202_stands_for_a_stored_command_even_when_the_first_publish_was_lost(
+    make_stack: StackFactory, db: Db
+) -> None:
+    """A fresh command goes out without waiting for JetStream's ack. When its outcome is late, the
+    facade publishes it again and waits for the ack, so the 202 never hides a lost command."""
+    stack = await make_stack(api_reply_timeout=0.5)
+    await stack.stop_consumers()
+    js = stack.app.state.bus.js
+    await js.delete_stream(subjects.COMMANDS_STREAM)  # the next first publish reaches no stream
+
+    response = await stack.client.post("/api/worker/pool/register", json={"name": "lost-once"})
+    assert response.status_code == 202, response.text
+    request_id = response.json()["request_id"]
+    stored = await js.get_last_msg(subjects.COMMANDS_STREAM, subjects.RUNTIME_REGISTER)
+    assert stored.headers[MSG_ID_HEADER] == request_id
+    assert (await js.stream_info(subjects.COMMANDS_STREAM)).state.messages == 1
+
+    await stack.start_consumers()
+
+    async def done():
+        r = await stack.client.get(f"/api/requests/{request_id}")
+        return r.json() if r.status_code == 200 else None
+
+    outcome = await wait_for(done, what="the stored command to be applied")
+    assert outcome["status_code"] == 200
+    assert (await db.component("lost-once"))["status"] == "ready"
+
+
 async def test_heartbeat_202_while_consumers_down(make_stack: StackFactory, db: Db) -> None:
     stack = await make_stack(api_reply_timeout=0.5)
     await stack.client.post("/api/worker/pool/register", json={"name": "hb-late"})

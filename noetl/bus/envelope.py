@@ -44,6 +44,11 @@ class Command(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str | None = None
 
+    @property
+    def idempotent(self) -> bool:
+        """Its id comes from a client's `Idempotency-Key`, so the stream may already hold it."""
+        return self.fingerprint is not None
+
 
 class ErrorInfo(BaseModel):
     code: ErrorCode

@@ -14,8 +14,10 @@ import logging
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
 from noetl.bus import subjects
@@ -61,28 +63,47 @@ class Requester:
     async def send(self, subject: str, command: Command, timeout: float) -> Outcome | None:
         """Publish `command` and wait up to `timeout` for its outcome; None when it is late.
 
+        A fresh request id cannot be in the stream yet, so its command is published without
+        waiting for JetStream's ack: the outcome proves the command was stored. Only a late
+        outcome calls for the ack, from a second publish that the duplicate window makes
+        harmless, so a 202 always stands for a stored command. A request id from an
+        `Idempotency-Key` may already be in the stream: its ack is awaited first.
+
         Raises BusUnavailable when the bus does not take the command.
         """
-        self.bus.require()
+        nc = self.bus.require()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(command.id, set())
         waiters.add(future)
+        data = command.model_dump_json().encode()
         try:
-            ack = await self._publish(subject, command)
-            if ack.duplicate:
-                # The stream already holds this request id: the outcome comes from the store.
-                return await self._await_stored(command, timeout)
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return None
+            if command.idempotent:
+                ack = await self._publish(subject, command.id, data)
+                if ack.duplicate:
+                    # The stream already holds this request id: the outcome comes from the store.
+                    return await self._await_stored(command, timeout)
+            else:
+                try:
+                    await nc.publish(subject, data, headers=self._headers(command.id))
+                except NatsError as exc:
+                    raise BusUnavailable(f"the bus did not take the command: {exc!r}") from exc
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                if not command.idempotent:
+                    await self._publish(subject, command.id, data)
+                return None
         finally:
             waiters.discard(future)
             if not waiters and self._waiting.get(command.id) is waiters:
                 del self._waiting[command.id]
 
-    async def _publish(self, subject: str, command: Command) -> Any:
-        headers = {MSG_ID_HEADER: command.id, REPLY_TO_HEADER: self.reply_subject(command.id)}
-        data = command.model_dump_json().encode()
+    def _headers(self, request_id: str) -> dict[str, str]:
+        return {MSG_ID_HEADER: request_id, REPLY_TO_HEADER: self.reply_subject(request_id)}
+
+    async def _publish(self, subject: str, request_id: str, data: bytes) -> PubAck:
+        """Publish and wait for JetStream's ack: the command is stored once this returns."""
+        headers = self._headers(request_id)
         try:
             try:
                 return await self.bus.js.publish(subject, data, timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
