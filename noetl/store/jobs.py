@@ -18,7 +18,8 @@ INSERT_MANY = """
 WITH added AS (
     INSERT INTO jobs (execution_id, step)
     SELECT u.execution_id, u.step
-    FROM unnest(%s::bigint[], %s::text[]) WITH ORDINALITY AS u(execution_id, step, ord)
+    FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (execution_id bigint, step text))
+         WITH ORDINALITY AS u(execution_id, step, ord)
     ORDER BY u.ord
     RETURNING job_id, dispatched_at
 )
@@ -30,7 +31,8 @@ async def add(conn: AsyncConnection, jobs: list[tuple[int, str]]) -> list[dict[s
     """Jobs as (execution_id, step), in one statement; their rows come back in the same order."""
     if not jobs:
         return []
-    cur = await conn.execute(INSERT_MANY, ([e for e, _ in jobs], [s for _, s in jobs]))
+    batch = [{"execution_id": execution_id, "step": step} for execution_id, step in jobs]
+    cur = await conn.execute(INSERT_MANY, (Jsonb(batch),))
     return await cur.fetchall()
 
 
