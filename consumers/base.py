@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import (
+    OUTCOMES,
     REPLY_TO_HEADER,
     Command,
     Outcome,
@@ -185,11 +186,15 @@ class BatchConsumer(ABC):
         except Exception as exc:
             log.debug("%s: cannot declare the stream yet: %r", self.durable, exc)
 
-    async def reply(self, delivery: Delivery, outcome: Outcome, to: str | None = None) -> None:
-        """Answer on the subject the command named, or on `to` when it named none."""
-        subject = delivery.reply_to or to
-        if subject:
-            await self.bus.nc.publish(subject, outcome.model_dump_json().encode())
+    async def reply(self, answers: list[tuple[str | None, Outcome]]) -> None:
+        """Send (reply subject, outcome) answers, one message per subject: the JSON array of its
+        outcomes (`OUTCOMES`). A facade waits on one subject for many commands at once."""
+        by_subject: dict[str, list[Outcome]] = {}
+        for subject, outcome in answers:
+            if subject:
+                by_subject.setdefault(subject, []).append(outcome)
+        for subject, outcomes in by_subject.items():
+            await self.bus.nc.publish(subject, OUTCOMES.dump_json(outcomes))
 
 
 Apply = Callable[[AsyncConnection, list[Command]], Awaitable[list[Outcome]]]
@@ -277,10 +282,8 @@ class CommandConsumer(BatchConsumer):
         async with self.pool.connection() as conn, conn.transaction():
             await record_dead_letter(conn, self.durable, delivery, f"failed on last delivery: {exc!r}")
         if delivery.command is not None:
-            await self.reply(
-                delivery,
-                Outcome.failed(delivery.command.id, "unavailable", "the command could not be applied"),
-            )
+            failed = Outcome.failed(delivery.command.id, "unavailable", "the command could not be applied")
+            await self.reply([(delivery.reply_to, failed)])
         await delivery.msg.ack()
 
     async def _apply_batch(self, conn: AsyncConnection, deliveries: list[Delivery]) -> list[Outcome | None]:
@@ -322,9 +325,10 @@ class CommandConsumer(BatchConsumer):
         return outcomes
 
     async def _finish(self, deliveries: list[Delivery], outcomes: list[Outcome | None]) -> None:
-        for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            if outcome is not None:
-                await self.reply(delivery, outcome)
+        await self.reply(
+            [(d.reply_to, o) for d, o in zip(deliveries, outcomes, strict=True) if o is not None]
+        )
+        for delivery in deliveries:
             await delivery.msg.ack()
 
 

@@ -139,15 +139,14 @@ class HeartbeatConsumer(BatchConsumer):
                     if b.came_back
                 ],
             )
+        answers = []
         for delivery, hb in beats:
             key = (hb.kind, hb.name)
             # A beat that names no reply subject (a worker's) hears back only when it is unknown.
             if delivery.reply_to or (key not in known and key not in recreated):
-                await self.reply(
-                    delivery,
-                    self._answer(delivery.command, hb, known, recreated),
-                    to=subjects.heartbeat_unknown(hb.kind, hb.name),
-                )
+                subject = delivery.reply_to or subjects.heartbeat_unknown(hb.kind, hb.name)
+                answers.append((subject, self._answer(delivery.command, hb, known, recreated)))
+        await self.reply(answers)
         await msgs[-1].ack()
 
     async def _recreate(

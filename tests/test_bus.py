@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from conftest import Db, Stack, stream_events, wait_for
 
 from noetl.bus import subjects
-from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome
+from noetl.bus.envelope import MSG_ID_HEADER, OUTCOMES, REPLY_TO_HEADER, Command, Outcome
 from noetl.bus.streams import STREAMS
 
 NAMES = [
@@ -73,8 +74,8 @@ def test_subjects_keep_their_shape(name: str) -> None:
     assert len(heartbeat.split(".")) == 4
     event = subjects.runtime_event("broker", name, "registered")
     assert event.split(".") == ["noetl", "evt", "runtime", "broker", subjects.token(name), "registered"]
-    reply = subjects.reply(name, name)
-    assert len(reply.split(".")) == 4
+    reply = subjects.reply(name)
+    assert reply.split(".") == ["noetl", "reply", subjects.token(name)]
 
 
 def test_every_stream_subject_is_owned_by_one_stream() -> None:
@@ -86,7 +87,7 @@ def test_every_stream_subject_is_owned_by_one_stream() -> None:
     for name in NAMES:
         assert subjects.heartbeat("worker_pool", name).startswith("noetl.hb.")
         assert subjects.runtime_event("worker_pool", name, "online").startswith("noetl.evt.")
-        assert not subjects.reply(name, "r").startswith(("noetl.cmd.", "noetl.hb.", "noetl.evt."))
+        assert not subjects.reply(name).startswith(("noetl.cmd.", "noetl.hb.", "noetl.evt."))
 
 
 async def test_a_wildcard_subscriber_gets_exactly_its_component(stack: Stack, nc) -> None:
@@ -237,13 +238,41 @@ async def test_garbage_mixed_into_a_batch_loses_nothing(make_stack, db: Db, nc) 
     assert await db.value("SELECT count(*) FROM events WHERE type = 'system.dead_letter'") == 5
 
 
+async def test_a_batch_answers_each_reply_subject_with_one_message(make_stack, nc) -> None:
+    """Commands queued for one batch: every outcome reaches the subject its command named, once,
+    and each subject gets one message (a JSON array) per batch instead of one per command."""
+    stack = await make_stack(consumers=False)
+    inboxes = [nc.new_inbox(), nc.new_inbox()]
+    subs = [await nc.subscribe(inbox) for inbox in inboxes]
+    sent: dict[str, list[str]] = {inbox: [] for inbox in inboxes}
+    for i in range(30):
+        inbox = inboxes[i % 2]
+        command = Command(id=uuid.uuid4().hex, type="runtime.register", payload={"name": f"batched-{i}"})
+        await publish_raw(nc, subjects.RUNTIME_REGISTER, command.model_dump_json().encode(), reply_to=inbox)
+        sent[inbox].append(command.id)
+    await stack.start_consumers()
+    for inbox, sub in zip(inboxes, subs, strict=True):
+        answered: list[Outcome] = []
+        messages = 0
+        while len(answered) < len(sent[inbox]):
+            answered += OUTCOMES.validate_json((await sub.next_msg(timeout=15)).data)
+            messages += 1
+        assert [o.request_id for o in answered] == sent[inbox]
+        assert all(o.error is None and o.result["status"] == "ok" for o in answered)
+        assert messages < len(sent[inbox])
+        with contextlib.suppress(TimeoutError):
+            extra = await sub.next_msg(timeout=0.5)
+            raise AssertionError(f"answered twice: {extra.data!r}")
+
+
 async def _outcome(nc, subject: str, command: Command) -> Outcome:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
         await publish_raw(nc, subject, command.model_dump_json().encode(), reply_to=inbox)
         msg = await sub.next_msg(timeout=15)
-        return Outcome.model_validate_json(msg.data)
+        [outcome] = OUTCOMES.validate_json(msg.data)
+        return outcome
     finally:
         await sub.unsubscribe()
 

@@ -13,7 +13,7 @@ import uuid
 from conftest import Db, Stack, StackFactory, wait_for
 
 from noetl.bus import subjects
-from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, fingerprint
+from noetl.bus.envelope import MSG_ID_HEADER, OUTCOMES, REPLY_TO_HEADER, Command, Outcome, fingerprint
 
 
 def key() -> str:
@@ -153,7 +153,8 @@ async def _send_raw(stack: Stack, nc, command: Command, msg_id: str) -> Outcome:
             headers={MSG_ID_HEADER: msg_id, REPLY_TO_HEADER: inbox},
         )
         msg = await sub.next_msg(timeout=15)
-        return Outcome.model_validate_json(msg.data)
+        [outcome] = OUTCOMES.validate_json(msg.data)
+        return outcome
     finally:
         await sub.unsubscribe()
 

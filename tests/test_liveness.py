@@ -128,7 +128,7 @@ async def test_a_stale_beat_does_not_bring_a_component_back(make_stack: StackFac
         command.model_dump_json().encode(),
         headers={REPLY_TO_HEADER: reply},
     )
-    answer = json.loads((await answers.next_msg(timeout=10)).data)
+    [answer] = json.loads((await answers.next_msg(timeout=10)).data)
     assert answer["result"]["status"] == "ok"  # known, and its beat recorded...
     assert await status(db, "stale-worker") == "offline"  # ...but not brought back
     assert "runtime.online" not in await db.events_for("stale-worker")
@@ -262,7 +262,7 @@ async def test_a_worker_beat_is_answered_only_when_the_registry_does_not_know_it
         await nc.publish(subjects.heartbeat("worker_pool", name), command.model_dump_json().encode())
     msg = await answers.next_msg(timeout=10)
     assert msg.subject == subjects.heartbeat_unknown("worker_pool", "forgotten.worker")
-    answer = json.loads(msg.data)
+    [answer] = json.loads(msg.data)
     assert answer["error"]["code"] == "unknown"
     assert answer["error"]["detail"] == {"status": "unknown", "name": "forgotten.worker"}
     with contextlib.suppress(TimeoutError):

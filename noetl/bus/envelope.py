@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
@@ -69,6 +69,11 @@ class Outcome(BaseModel):
             request_id=request_id,
             error=ErrorInfo(code=code, detail=detail, retry_after=retry_after),
         )
+
+
+# A reply message: the outcomes of one consumer batch that named the same reply subject, as a JSON
+# array. Each outcome carries its request id; one message per batch costs every side less.
+OUTCOMES = TypeAdapter(list[Outcome])
 
 
 def replayed(command: Command, outcome: dict[str, Any], stored_fingerprint: str | None) -> Outcome:

@@ -1,9 +1,9 @@
 """Publish a command durably and wait for its outcome; ask a query and wait for the answer.
 
-The requester listens on one wildcard reply subject per process (as nats.py's own request does),
-subscribed before anything is published, and names the reply subject in a header: JetStream does
-not keep a message's reply subject, and a core request to a stream's subject would be answered by
-the stream's publish ack instead of the consumer.
+The requester listens on one reply subject per process, subscribed before anything is published,
+and names it in a header: JetStream does not keep a message's reply subject, and a core request to
+a stream's subject would be answered by the stream's publish ack instead of the consumer. A reply
+message holds the outcomes of a consumer batch, each with its request id.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
-from noetl.bus.envelope import MSG_ID_HEADER, REPLY_TO_HEADER, Command, Outcome, new_request_id, replayed
+from noetl.bus.envelope import (
+    MSG_ID_HEADER,
+    OUTCOMES,
+    REPLY_TO_HEADER,
+    Command,
+    Outcome,
+    new_request_id,
+    replayed,
+)
 from noetl.bus.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -39,26 +47,24 @@ class Requester:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.client_id = new_request_id()
-        self._prefix = subjects.reply_prefix(self.client_id)
+        self.reply_to = subjects.reply(self.client_id)
         # Several sends may share one request id (one Idempotency-Key, concurrent retries).
         self._waiting: dict[str, set[asyncio.Future[Outcome]]] = {}
 
     async def subscribe(self, bus: Bus) -> None:
         """An on-connect hook: listen for replies before the first command goes out."""
-        await bus.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+        await bus.nc.subscribe(self.reply_to, cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
-            outcome = Outcome.model_validate_json(msg.data)
+            outcomes = OUTCOMES.validate_json(msg.data)
         except ValueError:
             log.warning("requester: undecodable reply on %s", msg.subject)
             return
-        for future in self._waiting.get(outcome.request_id, ()):
-            if not future.done():
-                future.set_result(outcome)
-
-    def reply_subject(self, request_id: str) -> str:
-        return subjects.reply(self.client_id, request_id)
+        for outcome in outcomes:
+            for future in self._waiting.get(outcome.request_id, ()):
+                if not future.done():
+                    future.set_result(outcome)
 
     async def send(self, subject: str, command: Command, timeout: float) -> Outcome | None:
         """Publish `command` and wait up to `timeout` for its outcome; None when it is late.
@@ -99,7 +105,7 @@ class Requester:
                 del self._waiting[command.id]
 
     def _headers(self, request_id: str) -> dict[str, str]:
-        return {MSG_ID_HEADER: request_id, REPLY_TO_HEADER: self.reply_subject(request_id)}
+        return {MSG_ID_HEADER: request_id, REPLY_TO_HEADER: self.reply_to}
 
     async def _publish(self, subject: str, request_id: str, data: bytes) -> PubAck:
         """Publish and wait for JetStream's ack: the command is stored once this returns."""

@@ -92,12 +92,9 @@ def job(runtime: str) -> str:
     return f"noetl.job.{token(runtime)}"
 
 
-def reply_prefix(client_id: str) -> str:
+def reply(client_id: str) -> str:
+    """Where one requester (a facade or worker process) hears the outcomes of its commands."""
     return f"noetl.reply.{token(client_id)}"
-
-
-def reply(client_id: str, request_id: str) -> str:
-    return f"{reply_prefix(client_id)}.{token(request_id)}"
 
 
 def heartbeat_unknown(kind: str, name: str) -> str:

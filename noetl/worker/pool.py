@@ -18,7 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
-from noetl.bus.envelope import Command, Outcome, new_request_id, utcnow
+from noetl.bus.envelope import OUTCOMES, Command, new_request_id, utcnow
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.contracts.runtime import Deregistration, Heartbeat, WorkerPoolRegistration
@@ -95,10 +95,10 @@ class WorkerPool:
 
     async def _on_unknown(self, msg: Msg) -> None:
         try:
-            outcome = Outcome.model_validate_json(msg.data)
+            outcomes = OUTCOMES.validate_json(msg.data)
         except ValueError:
             return
-        if outcome.error and outcome.error.code == "unknown":
+        if any(o.error and o.error.code == "unknown" for o in outcomes):
             self._unknown.set()
 
     async def run(self, stop: asyncio.Event) -> None:
