@@ -14,6 +14,7 @@ from psycopg import AsyncConnection
 
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import MSG_ID_HEADER
+from noetl.bus.publish import AckedPublisher
 from noetl.store import outbox
 from noetl.store.db import connect
 
@@ -22,22 +23,20 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = 0x6E6F65746C02
 BATCH = 1000
 IDLE_WAKE = 1.0
+ACK_TIMEOUT = 10.0  # no ack by then: the relay starts over and republishes (deduplicated)
 
 
-async def relay_pending(conn: AsyncConnection, bus: Bus, since: int = 0) -> int:
+async def relay_pending(conn: AsyncConnection, publisher: AckedPublisher, since: int = 0) -> int:
     """Publish every queued event from id `since` on; returns how many."""
     total = 0
     while True:
         rows = await outbox.unpublished(conn, BATCH, since)
         if not rows:
             return total
-        acks = [
-            await bus.js.publish_async(
-                row["subject"], row["envelope"].encode(), headers={MSG_ID_HEADER: row["message_id"]}
-            )
-            for row in rows
-        ]
-        await asyncio.gather(*acks)
+        await publisher.publish_all(
+            [(row["subject"], row["envelope"].encode(), {MSG_ID_HEADER: row["message_id"]}) for row in rows],
+            ACK_TIMEOUT,
+        )
         await outbox.mark_published(conn, [row["event_id"] for row in rows])
         total += len(rows)
         # A lower id not visible yet belongs to a transaction whose commit will notify us of it.
@@ -63,9 +62,18 @@ async def _relay(conn: AsyncConnection, bus: Bus, stop: asyncio.Event) -> None:
         await asyncio.sleep(IDLE_WAKE)
     await conn.execute("LISTEN noetl_outbox")
     log.info("relay: active")
+    publisher = AckedPublisher(bus.nc)
+    await publisher.start()
+    try:
+        await _relay_until(conn, publisher, stop)
+    finally:
+        await publisher.stop()
+
+
+async def _relay_until(conn: AsyncConnection, publisher: AckedPublisher, stop: asyncio.Event) -> None:
     since = 0  # the whole queue first: what an earlier relay left
     while not stop.is_set():
-        await relay_pending(conn, bus, since)
+        await relay_pending(conn, publisher, since)
         since = 0  # no word within IDLE_WAKE: a whole pass
         async for note in conn.notifies(timeout=IDLE_WAKE, stop_after=1):
             # Each committed insert names its lowest event id: scan from there.
