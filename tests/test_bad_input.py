@@ -369,6 +369,10 @@ async def test_idempotency_key_too_long_is_422(stack: Stack, db: Db) -> None:
         REGISTER, json={"name": "long-key"}, headers={"Idempotency-Key": "k" * 300}
     )
     assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["type"] == "string_too_long"
+    assert error["loc"] == ["header", "idempotency-key"]
+    assert error["ctx"] == {"max_length": 255}
     await assert_nothing_applied(db)
 
 

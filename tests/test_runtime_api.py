@@ -681,6 +681,14 @@ async def test_openapi_lists_every_runtime_route(stack: Stack) -> None:
         assert methods <= set(paths[path]), (path, set(paths[path]))
     heartbeat = paths["/api/worker/pool/heartbeat"]["post"]["responses"]
     assert "404" in heartbeat and "200" in heartbeat
+    # Commands name the Idempotency-Key header; reads do not.
+    key = {"name": "idempotency-key", "in": "header", "required": False}
+    for path, method in [("/api/worker/pool/register", "post"), ("/api/runtime/deregister", "delete")]:
+        [parameter] = [p for p in paths[path][method]["parameters"] if p["name"] == "idempotency-key"]
+        assert key.items() <= parameter.items()
+        assert parameter["schema"]["maxLength"] == 255
+    for path in ("/api/worker/pools", "/api/requests/{request_id}"):
+        assert all(p["name"] != "idempotency-key" for p in paths[path]["get"].get("parameters", []))
 
 
 async def test_request_outcome_endpoint(stack: Stack) -> None:

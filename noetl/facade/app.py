@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 from noetl.bus.connection import Bus
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
-from noetl.facade import catalog, errors, executions, runtime, system
+from noetl.facade import catalog, dispatch, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
 from noetl.settings import Settings, get_settings
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     errors.install(app)
+    dispatch.document_idempotency_key(app)
     # The routes join the app's own list rather than through `include_router`: FastAPI matches an
     # included router's routes twice per request, which made routing a tenth of the facade's CPU.
     # A request is tried against each route in turn (a few microseconds each): the busiest first.
