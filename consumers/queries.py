@@ -27,9 +27,12 @@ class NotFound(LookupError):
 
 
 async def serve(bus: Bus, pool: AsyncConnectionPool, handlers: dict[str, Query]) -> None:
-    """Subscribe each handler in a queue group, so copies of a consumer share the reads."""
+    """Subscribe each handler in a queue group, so copies of a consumer share the reads. Returns
+    once the server has the subscriptions: a read sent on another connection right after must
+    find a responder."""
     for subject, handler in handlers.items():
         await bus.nc.subscribe(subject, queue=f"q.{subject}", cb=_responder(pool, handler))
+    await bus.nc.flush()
 
 
 def _responder(pool: AsyncConnectionPool, handler: Query) -> Callable[[Msg], Awaitable[None]]:

@@ -239,7 +239,7 @@ async def test_sse_odd_last_event_id_starts_from_the_beginning(
 @pytest.mark.parametrize("execution_id", ["987654321", "abc", "99999999999999999999999"])
 async def test_sse_unknown_execution_is_404(xstack: Stack, execution_id: str) -> None:
     response = await xstack.client.get(f"/api/executions/{execution_id}/events/stream")
-    assert response.status_code == 404
+    assert response.status_code == 404, response.text
     assert "execution not found" in response.json()["detail"]
 
 
