@@ -467,11 +467,12 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
 def run_consumer_role(names: list[str]) -> None:
     import logging
 
-    from consumers.process import run
+    from consumers.process import run, tune_garbage_collector
     from noetl.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
     install_uvloop()
+    tune_garbage_collector()
     asyncio.run(run(names, Settings()))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,22 @@ from noetl.store.db import open_pool
 from noetl.store.migrate import migrate
 
 log = logging.getLogger(__name__)
+
+
+# The youngest generation is collected every this many allocations (CPython's default is 700).
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Keep CPython's collector from walking what start-up loaded, over and over.
+
+    A batch of 4,096 heartbeats builds tens of thousands of container objects that outlive a
+    young collection, so with the defaults nearly every batch ends in a full collection that walks
+    every module, schema and model loaded at start-up: about a quarter of the heartbeat consumer's
+    CPU. Frozen, those are skipped; collected less often, the young are mostly gone already.
+    """
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, 10, 10)
 
 
 Starter = Callable[["Context"], Awaitable[list[Awaitable[None]]]]

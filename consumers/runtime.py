@@ -122,30 +122,31 @@ class HeartbeatConsumer(BatchConsumer):
                 continue
             delivery.command = command
             beats.append((delivery, command.payload))
-        latest: dict[tuple[str, str], datetime] = {}
-        for _, hb in beats:
+        # One update per component: its latest beat, and an answer if any of its beats waits for one.
+        latest: dict[tuple[str, str], tuple[datetime, bool]] = {}
+        for delivery, hb in beats:
             key = (hb.kind, hb.name)
-            latest[key] = max(hb.sent_at, latest.get(key, hb.sent_at))
+            sent_at, answer = latest.get(key, (hb.sent_at, False))
+            latest[key] = (max(sent_at, hb.sent_at), answer or delivery.reply_to is not None)
         async with self.pool.connection() as conn, conn.transaction():
             for delivery, reason in bad:
                 await record_dead_letter(conn, self.durable, delivery, reason)
-            known = await store.beat(conn, latest, self.settings.runtime_offline_seconds) if latest else {}
-            recreated = await self._recreate(conn, [hb for _, hb in beats if (hb.kind, hb.name) not in known])
+            told = await store.beat(conn, latest, self.settings.runtime_offline_seconds) if latest else []
+            beaten = {(b.kind, b.name): b for b in told}
+            unknown = [hb for _, hb in beats if (b := beaten.get((hb.kind, hb.name))) and b.unknown]
+            recreated = await self._recreate(conn, unknown)
             await add_events(
                 conn,
-                [
-                    event(b.kind, b.name, "online", runtime_id=str(b.runtime_id))
-                    for b in known.values()
-                    if b.came_back
-                ],
+                [event(b.kind, b.name, "online", runtime_id=str(b.runtime_id)) for b in told if b.came_back],
             )
         answers = []
         for delivery, hb in beats:
             key = (hb.kind, hb.name)
+            still_unknown = key in beaten and beaten[key].unknown and key not in recreated
             # A beat that names no reply subject (a worker's) hears back only when it is unknown.
-            if delivery.reply_to or (key not in known and key not in recreated):
+            if delivery.reply_to or still_unknown:
                 subject = delivery.reply_to or subjects.heartbeat_unknown(hb.kind, hb.name)
-                answers.append((subject, self._answer(delivery.command, hb, known, recreated)))
+                answers.append((subject, self._answer(delivery.command, hb, beaten, recreated)))
         await self.reply(answers)
         await msgs[-1].ack()
 
@@ -168,13 +169,13 @@ class HeartbeatConsumer(BatchConsumer):
         self,
         command: Command | None,
         hb: Heartbeat,
-        known: dict[tuple[str, str], store.Beaten],
+        beaten: dict[tuple[str, str], store.Beaten],
         recreated: dict[tuple[str, str], tuple[int, str | None]],
     ) -> Outcome:
         assert command is not None
         key = (hb.kind, hb.name)
-        if key in known:
-            response = HeartbeatResponse(status="ok", name=hb.name, runtime_id=known[key].runtime_id)
+        if not beaten[key].unknown:
+            response = HeartbeatResponse(status="ok", name=hb.name, runtime_id=beaten[key].runtime_id)
         elif key in recreated:
             runtime_id, runtime = recreated[key]
             response = HeartbeatResponse(

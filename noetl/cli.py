@@ -47,12 +47,13 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _consumer(args: argparse.Namespace) -> int:
-    from consumers.process import CONSUMERS, run
+    from consumers.process import CONSUMERS, run, tune_garbage_collector
 
     unknown = [n for n in args.names if n not in CONSUMERS]
     if unknown:
         print(f"noetl consumer: unknown {unknown}; choose from {sorted(CONSUMERS)}", file=sys.stderr)
         return 2
+    tune_garbage_collector()
     uvloop.run(run(args.names, get_settings()))
     return 0
 

@@ -270,3 +270,61 @@ async def test_a_worker_beat_is_answered_only_when_the_registry_does_not_know_it
         raise AssertionError(f"an ok beat was answered: {extra.data!r}")
     row = await db.component("quiet-worker")
     assert row is not None and row["heartbeat"] > row["created_at"]
+
+
+async def test_beats_waiting_together_each_get_their_due(stack: Stack, db: Db, nc) -> None:
+    """Beats that queued while the consumers were down are applied together: every known row
+    takes its beat's exact time (one without an offset counts as UTC), the beat that waits for
+    an answer gets `ok`, the offline component comes back, and the unknown one is told so."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from noetl.bus.envelope import Command
+
+    names = ("queued-quiet", "queued-asking", "queued-naive", "queued-away")
+    for name in names:
+        assert (await stack.client.post("/api/worker/pool/register", json={"name": name})).status_code == 200
+    await db.execute("UPDATE runtime_components SET status = 'offline' WHERE name = 'queued-away'")
+    await stack.stop_consumers()
+    now = datetime.now(UTC)
+    sent = {
+        "queued-quiet": now.astimezone(timezone(timedelta(hours=2))).isoformat(),
+        "queued-asking": now.isoformat(),
+        "queued-naive": now.replace(tzinfo=None).isoformat(),
+        "queued-away": now.isoformat(),
+        "queued-stranger": now.isoformat(),
+    }
+    reply = "test.queued-beats.reply"
+    answers = await nc.subscribe(reply)
+    unknown = await nc.subscribe(subjects.heartbeat_unknown("worker_pool", "queued-stranger"))
+    for i, (name, sent_at) in enumerate(sent.items()):
+        payload = {"kind": "worker_pool", "name": name, "sent_at": sent_at}
+        command = Command(id=f"hb-queued-{i}", type=subjects.HEARTBEAT_TYPE, payload=payload)
+        headers = {REPLY_TO_HEADER: reply} if name == "queued-asking" else None
+        await nc.publish(
+            subjects.heartbeat("worker_pool", name), command.model_dump_json().encode(), headers=headers
+        )
+    await nc.flush()
+    await stack.start_consumers()
+
+    [asked] = json.loads((await answers.next_msg(timeout=10)).data)
+    asking = await db.component("queued-asking")
+    assert asked["result"] == {
+        "status": "ok",
+        "name": "queued-asking",
+        "runtime_id": str(asking["runtime_id"]),
+    }
+    [told] = json.loads((await unknown.next_msg(timeout=10)).data)
+    assert told["error"]["code"] == "unknown"
+    for name in names:
+        row = await db.component(name)
+        assert row["heartbeat"] == now, name
+    assert await status(db, "queued-away") == "ready"
+    await wait_for(lambda: _has_event(db, "queued-away", "runtime.online"), what="queued-away online event")
+    assert await db.component("queued-stranger") is None
+    with contextlib.suppress(TimeoutError):
+        extra = await answers.next_msg(timeout=0.5)
+        raise AssertionError(f"a second answer: {extra.data!r}")
+
+
+async def _has_event(db: Db, name: str, event_type: str) -> bool:
+    return event_type in await db.events_for(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer
@@ -53,6 +54,10 @@ def _strip(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+def _assume_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 Name = Annotated[str, BeforeValidator(_clean_name)]
 """A component's name: any scalar as a stripped string; dots, spaces and `*` are fine."""
 
@@ -66,3 +71,6 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_no_nul)]
 
 OutId = Annotated[int | str, PlainSerializer(lambda v: str(v), return_type=str)]
 """An id on output: always a JSON string."""
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+"""A point in time; one without an offset is taken as UTC, so any two compare."""

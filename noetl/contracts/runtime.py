@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from noetl.bus.envelope import Command
 from noetl.contracts.errors import BadRequest
-from noetl.contracts.fields import JsonObject, Name, OutId, StrippedStr
+from noetl.contracts.fields import JsonObject, Name, OutId, StrippedStr, UtcDatetime
 
 ComponentKind = Literal["worker_pool", "broker", "server_api", "scheduler", "monitor"]
 KINDS_WITH_URI: frozenset[str] = frozenset({"server_api", "broker"})
@@ -106,7 +106,7 @@ class Heartbeat(BaseModel):
 
     kind: ComponentKind = "worker_pool"
     name: Name
-    sent_at: datetime
+    sent_at: UtcDatetime
     registration: JsonObject | None = None
 
     def recreation(self) -> RuntimeRegistration | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from noetl.contracts.runtime import RuntimeRegistration
@@ -22,10 +23,17 @@ class Registered:
 
 @dataclass(frozen=True, slots=True)
 class Beaten:
-    runtime_id: int
+    """A beat worth telling the consumer about: its component is unknown (no `runtime_id`), came
+    back online, or its sender waits for an answer."""
+
+    runtime_id: int | None
     kind: str
     name: str
     came_back: bool
+
+    @property
+    def unknown(self) -> bool:
+        return self.runtime_id is None
 
 
 # Rows are sorted by (kind, name) before every batched write, so two consumers touching the same
@@ -87,35 +95,49 @@ async def mark_offline(conn: AsyncConnection, keys: list[tuple[str, str]]) -> li
 # A beat never moves the heartbeat backwards, and a beat from the future counts as now. Only a
 # fresh beat (younger than the offline threshold) brings an offline component back. Each beat
 # locks its row through the (kind, name) index in the sorted order of the batch: no scan of the
-# table, and no deadlock between two consumers.
+# table, and no deadlock between two consumers. Most beats need no answer, so only the unknown,
+# the returning and the awaited ones come back. A beat travels as [kind, name, sent_at in
+# microseconds since the epoch, answer wanted]: exact, and cheaper to encode than ISO text.
 HEARTBEAT = """
 WITH prev AS (
-    SELECT r.runtime_id, r.status, b.sent_at, b.sent_at > now() - make_interval(secs => %s) AS fresh
-    FROM jsonb_to_recordset(%s::jsonb) AS b(kind text, name text, sent_at timestamptz)
-    CROSS JOIN LATERAL (
+    SELECT b->>0 AS kind, b->>1 AS name, r.runtime_id, r.status, (b->>3)::boolean AS answer,
+        timestamptz 'epoch' + (b->>2)::bigint * interval '1 microsecond' AS sent_at
+    FROM jsonb_array_elements(%(beats)s::jsonb) AS b
+    LEFT JOIN LATERAL (
         SELECT runtime_id, status FROM runtime_components
-        WHERE kind = b.kind AND name = b.name
+        WHERE kind = b->>0 AND name = b->>1
         FOR UPDATE
-    ) r
+    ) r ON true
+), beaten AS (
+    UPDATE runtime_components r SET
+        heartbeat = GREATEST(r.heartbeat, LEAST(p.sent_at, now())),
+        status = CASE WHEN r.status = 'offline' AND p.fresh THEN 'ready' ELSE r.status END,
+        updated_at = CASE WHEN r.status = 'offline' AND p.fresh THEN now() ELSE r.updated_at END
+    FROM (SELECT *, sent_at > now() - make_interval(secs => %(offline_after)s) AS fresh FROM prev) p
+    WHERE r.runtime_id = p.runtime_id
+    RETURNING r.runtime_id, r.kind, r.name, p.answer,
+        (p.status = 'offline' AND r.status <> 'offline') AS came_back
 )
-UPDATE runtime_components r SET
-    heartbeat = GREATEST(r.heartbeat, LEAST(p.sent_at, now())),
-    status = CASE WHEN r.status = 'offline' AND p.fresh THEN 'ready' ELSE r.status END,
-    updated_at = CASE WHEN r.status = 'offline' AND p.fresh THEN now() ELSE r.updated_at END
-FROM prev p
-WHERE r.runtime_id = p.runtime_id
-RETURNING r.runtime_id, r.kind, r.name, (p.status = 'offline' AND r.status <> 'offline') AS came_back
+SELECT runtime_id, kind, name, came_back FROM beaten WHERE came_back OR answer
+UNION ALL
+SELECT NULL, kind, name, false FROM prev WHERE runtime_id IS NULL
 """
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 
 
 async def beat(
-    conn: AsyncConnection, beats: dict[tuple[str, str], datetime], offline_after: float
-) -> dict[tuple[str, str], Beaten]:
-    """Apply one collapsed beat per component; the keys missing from the result are unknown."""
-    keys = sorted(beats)
-    batch = [{"kind": kind, "name": name, "sent_at": beats[kind, name].isoformat()} for kind, name in keys]
-    cur = await conn.execute(HEARTBEAT, (offline_after, Jsonb(batch)))
-    return {(row["kind"], row["name"]): Beaten(**row) for row in await cur.fetchall()}
+    conn: AsyncConnection, beats: dict[tuple[str, str], tuple[datetime, bool]], offline_after: float
+) -> list[Beaten]:
+    """Apply one collapsed beat per component: its latest `sent_at`, and whether it wants an answer."""
+    batch = [
+        [kind, name, (sent_at - EPOCH) // MICROSECOND, answer]
+        for (kind, name), (sent_at, answer) in sorted(beats.items())
+    ]
+    async with conn.cursor(row_factory=class_row(Beaten)) as cur:
+        await cur.execute(HEARTBEAT, {"beats": Jsonb(batch), "offline_after": offline_after})
+        return await cur.fetchall()
 
 
 SWEEP = """
