@@ -13,8 +13,8 @@ one (`--role http-load`, `--role hb-load`); every load loop is bounded in time a
    the facade and the baseline for several rounds, against the same PostgreSQL.
 2. Heartbeats: simulated workers publish on core NATS exactly what `noetl worker` publishes
    (a Command envelope of type runtime.heartbeat carrying a Heartbeat, on the component's own
-   heartbeat subject, with the reply header), over 100,000 registered components, at stepped
-   rates; a sample of components is polled in SQL to measure publish-to-row lag.
+   heartbeat subject, without headers), over 100,000 registered components, at stepped rates;
+   a sample of components is polled in SQL to measure publish-to-row lag.
 3. Peak RSS of the facade and of the consumer process, sampled during both.
 
 The table goes to stdout, the whole record to bench/results/runtime-<time>.json.
@@ -216,6 +216,57 @@ async def http_load(opts: argparse.Namespace) -> dict[str, Any]:
 # polled in SQL to see when each beat reaches its row.
 # --------------------------------------------------------------------------------------------
 
+
+class FramePublisher:
+    """Core NATS publishes written as protocol frames, one write per burst.
+
+    The server gets the same bytes a worker's nats.py client sends (`PUB <subject> <size>`, the
+    payload, no headers), for about a third of nats.py's CPU per message: on a 2-core machine the
+    generator's CPU is taken from the servers under test. Server PINGs are answered.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._pongs: asyncio.Queue[None] = asyncio.Queue()
+        self._reading = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, url: str) -> FramePublisher:
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        info = await reader.readline()
+        if not info.startswith(b"INFO "):
+            raise RuntimeError(f"not a NATS server at {url}: {info[:80]!r}")
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"name":"bench-hb-load"}\r\n')
+        publisher = cls(reader, writer)
+        await publisher.flush()
+        return publisher
+
+    async def _read(self) -> None:
+        while line := await self.reader.readline():
+            if line.startswith(b"PING"):
+                self.writer.write(b"PONG\r\n")
+            elif line.startswith(b"PONG"):
+                self._pongs.put_nowait(None)
+            elif line.startswith(b"-ERR"):
+                raise RuntimeError(f"nats-server: {line.decode().strip()}")
+
+    def publish(self, frames: list[bytes]) -> None:
+        self.writer.write(b"".join(frames))
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Until the server has read everything written so far."""
+        self.writer.write(b"PING\r\n")
+        await self.writer.drain()
+        await asyncio.wait_for(self._pongs.get(), timeout)
+
+    async def close(self) -> None:
+        self._reading.cancel()
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 HB_TEMPLATE = (
     '{"id":"%s%x","type":"runtime.heartbeat","time":"%s",'
     '"payload":{"kind":"worker_pool","name":"%s","sent_at":"%s"}}'
@@ -316,8 +367,10 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
     Heartbeat.model_validate(probe.payload)
     assert probe.type == subjects.HEARTBEAT_TYPE
 
-    nc = await nats.connect(opts.nats_url, pending_size=64 * 1024 * 1024, max_reconnect_attempts=3)
+    nc = await nats.connect(opts.nats_url, max_reconnect_attempts=3)
     js = nc.jetstream()
+    frames = await FramePublisher.connect(opts.nats_url)
+    pub_heads = [f"PUB {subject} ".encode() for subject in subj]
     lag_conn = await psycopg.AsyncConnection.connect(opts.dsn, autocommit=True)
     stats_conn = await psycopg.AsyncConnection.connect(opts.dsn, autocommit=True)
 
@@ -336,7 +389,6 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
     async def publisher() -> None:
         pos = 0
         seq = 0
-        publish = nc.publish
         while True:
             now = perf()
             if now >= end or counters["published"] >= opts.max_beats:
@@ -347,19 +399,23 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
                 sent = datetime.now(UTC)
                 stamp = sent.isoformat()
                 in_window = warm_end <= now
+                out: list[bytes] = []
                 for _ in range(burst):
                     i = pos
                     pos = pos + 1 if pos + 1 < n else 0
                     seq += 1
                     # As a worker beats (noetl.worker.pool): no headers.
-                    await publish(subj[i], (HB_TEMPLATE % (id_prefix, seq, stamp, names[i], stamp)).encode())
+                    payload = (HB_TEMPLATE % (id_prefix, seq, stamp, names[i], stamp)).encode()
+                    out += (pub_heads[i], b"%d\r\n" % len(payload), payload, b"\r\n")
                     if i in sampled and i not in pending:
                         pending[i] = (sent, now, in_window)
                         if in_window:
                             counters["window_samples"] += 1
+                frames.publish(out)
                 counters["published"] += burst
+            await frames.writer.drain()
             await asyncio.sleep(0.002)
-        await nc.flush()
+        await frames.flush()
 
     async def poller() -> None:
         while True:
@@ -414,6 +470,7 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(0.1)
     poll_task.cancel()
     cpu = time.process_time() - cpu0
+    await frames.close()
     await nc.close()
     await lag_conn.close()
     await stats_conn.close()
@@ -467,13 +524,12 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
 def run_consumer_role(names: list[str]) -> None:
     import logging
 
-    from consumers.process import run, tune_garbage_collector
+    from consumers.process import run_process
     from noetl.settings import Settings
 
     logging.basicConfig(level=logging.WARNING)
     install_uvloop()
-    tune_garbage_collector()
-    asyncio.run(run(names, Settings()))
+    asyncio.run(run_process(names, Settings()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,14 +47,13 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _consumer(args: argparse.Namespace) -> int:
-    from consumers.process import CONSUMERS, run, tune_garbage_collector
+    from consumers.process import CONSUMERS, run_process
 
     unknown = [n for n in args.names if n not in CONSUMERS]
     if unknown:
         print(f"noetl consumer: unknown {unknown}; choose from {sorted(CONSUMERS)}", file=sys.stderr)
         return 2
-    tune_garbage_collector()
-    uvloop.run(run(args.names, get_settings()))
+    uvloop.run(run_process(args.names, get_settings()))
     return 0
 
 
