@@ -177,6 +177,7 @@ class BatchConsumer(ABC):
                     await asyncio.sleep(RETRY_DELAY)
         finally:
             fetching.cancel()
+            await puller.hand_back()
 
     async def _redeclare(self, config: ConsumerConfig) -> None:
         """A restarted server may have lost a memory stream and its consumers: declare them again."""

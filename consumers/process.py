@@ -116,8 +116,11 @@ async def run(
             await asyncio.gather(*tasks)
         finally:
             ctx.request_stop()
+            # A cancelled gather returns as soon as one task ends; the others are still finishing
+            # their batches, and a second cancel would abandon them half-way.
             for task in tasks:
-                task.cancel()
+                if not task.cancelling():
+                    task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
 

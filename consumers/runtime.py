@@ -137,8 +137,8 @@ class HeartbeatConsumer(BatchConsumer):
             beats.append((delivery, command.payload))
         previous = self._applying
         self._applying = asyncio.ensure_future(self._apply(beats, bad, msgs[-1], previous))
-        if previous is not None:
-            await previous
+        if previous is not None:  # shielded: a stop ends the batches in flight, it does not abandon them
+            await asyncio.shield(previous)
 
     async def _apply(
         self,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 from conftest import ConsumerTask, Db, Servers, Stack, StackFactory, read_stream, wait_for
@@ -111,8 +114,6 @@ async def test_offline_component_recovers_through_a_bus_heartbeat(
 async def test_a_stale_beat_does_not_bring_a_component_back(make_stack: StackFactory, db: Db, nc) -> None:
     """A beat older than the offline threshold (late in the stream, or from a skewed clock) says
     nothing about the component now: it stays offline, with no online event."""
-    from datetime import timedelta
-
     from noetl.bus.envelope import Command, utcnow
     from noetl.contracts.runtime import Heartbeat
 
@@ -276,14 +277,13 @@ async def test_beats_waiting_together_each_get_their_due(stack: Stack, db: Db, n
     """Beats that queued while the consumers were down are applied together: every known row
     takes its beat's exact time (one without an offset counts as UTC), the beat that waits for
     an answer gets `ok`, the offline component comes back, and the unknown one is told so."""
-    from datetime import UTC, datetime, timedelta, timezone
-
     from noetl.bus.envelope import Command
 
     names = ("queued-quiet", "queued-asking", "queued-naive", "queued-away")
     for name in names:
         assert (await stack.client.post("/api/worker/pool/register", json={"name": name})).status_code == 200
     await db.execute("UPDATE runtime_components SET status = 'offline' WHERE name = 'queued-away'")
+    registered = {name: (await db.component(name))["heartbeat"] for name in names}
     await stack.stop_consumers()
     now = datetime.now(UTC)
     sent = {
@@ -315,8 +315,11 @@ async def test_beats_waiting_together_each_get_their_due(stack: Stack, db: Db, n
     }
     [told] = json.loads((await unknown.next_msg(timeout=10)).data)
     assert told["error"]["code"] == "unknown"
+    # The answers can come before an earlier batch commits (two batches overlap), so each row
+    # is awaited until its beat lands, then checked for the exact time.
     for name in names:
-        row = await db.component(name)
+        beaten = functools.partial(_beaten_since, db, name, registered[name])
+        row = await wait_for(beaten, what=f"{name}'s beat")
         assert row["heartbeat"] == now, name
     assert await status(db, "queued-away") == "ready"
     await wait_for(lambda: _has_event(db, "queued-away", "runtime.online"), what="queued-away online event")
@@ -326,5 +329,49 @@ async def test_beats_waiting_together_each_get_their_due(stack: Stack, db: Db, n
         raise AssertionError(f"a second answer: {extra.data!r}")
 
 
+async def _beaten_since(db: Db, name: str, heartbeat: datetime) -> dict[str, Any] | None:
+    row = await db.component(name)
+    return row if row["heartbeat"] != heartbeat else None
+
+
 async def _has_event(db: Db, name: str, event_type: str) -> bool:
     return event_type in await db.events_for(name)
+
+
+async def test_a_stop_finishes_the_beats_in_flight(stack: Stack, servers: Servers, db: Db, nc) -> None:
+    """Stopped while one batch waits on a row lock and the next batch waits for it to ack: the
+    stop lets both finish and ack, so whoever consumes next owes nothing and has lost nothing."""
+    from noetl.bus.envelope import Command, utcnow
+
+    for name in ("held", "free"):
+        assert (await stack.client.post("/api/worker/pool/register", json={"name": name})).status_code == 200
+    registered = {name: (await db.component(name))["heartbeat"] for name in ("held", "free")}
+
+    async def beat(name: str) -> None:
+        payload = {"kind": "worker_pool", "name": name, "sent_at": utcnow().isoformat()}
+        command = Command(id=f"hb-stop-{name}", type=subjects.HEARTBEAT_TYPE, payload=payload)
+        await nc.publish(subjects.heartbeat("worker_pool", name), command.model_dump_json().encode())
+        await nc.flush()
+
+    async def blocked_on_a_lock() -> bool:
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE %s"
+        return bool(await db.value(waiting, "%runtime_components%"))
+
+    async with await psycopg.AsyncConnection.connect(servers.dsn) as holder:
+        await holder.execute("SELECT 1 FROM runtime_components WHERE name = 'held' FOR UPDATE")
+        await beat("held")
+        await wait_for(blocked_on_a_lock, what="the held beat's batch waiting on the row")
+        await beat("free")
+        await wait_for(
+            functools.partial(_beaten_since, db, "free", registered["free"]), what="the free beat's batch"
+        )
+        stopping = asyncio.ensure_future(stack.stop_consumers())
+        await asyncio.sleep(0.5)
+        assert not stopping.done(), "the stop abandoned the batch waiting on the row"
+        await holder.commit()
+    await asyncio.wait_for(stopping, 10)
+
+    assert (await db.component("held"))["heartbeat"] > registered["held"]
+    info = await nc.jetstream().consumer_info(subjects.HEARTBEATS_STREAM, "runtime-heartbeats")
+    assert info.num_ack_pending == 0
+    assert info.ack_floor.consumer_seq == info.delivered.consumer_seq == 2

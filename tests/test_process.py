@@ -1,5 +1,6 @@
 """A consumer process runs CPython's collector on a timer, not on allocations (see
-`consumers.process.run_process`): reference cycles must still be collected."""
+`consumers.process.run_process`): reference cycles must still be collected. A cancelled process
+lets each of its consumers finish stopping."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import contextlib
 import gc
 import signal
 import weakref
+from collections.abc import Awaitable
 
+import pytest
 from conftest import Servers, wait_for
 
-from consumers.process import run_process
+from consumers import process
+from consumers.process import Context, run_process
 
 
 class Node:
@@ -43,3 +47,38 @@ async def test_a_consumer_process_still_collects_reference_cycles(clean: Servers
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_cancelled_process_lets_every_consumer_finish_its_stop(
+    clean: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One consumer stops at once, the other takes a while to finish its batch: the second must
+    not be cancelled again half-way through (a cancelled NATS flush, an abandoned transaction)."""
+    cancels = {"quick": 0, "slow": 0}
+    finished: list[str] = []
+
+    async def consumer(name: str, winding_down: float) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancels[name] += 1
+            try:
+                await asyncio.sleep(winding_down)
+                finished.append(name)
+            except asyncio.CancelledError:
+                cancels[name] += 1
+            raise
+
+    async def start(ctx: Context) -> list[Awaitable[None]]:
+        return [consumer("quick", 0), consumer("slow", 0.5)]
+
+    monkeypatch.setitem(process.CONSUMERS, "test-pair", start)
+    ready = asyncio.Event()
+    running = process.run(["test-pair"], clean.settings(), handle_signals=False, ready=ready)
+    task = asyncio.create_task(running)
+    await asyncio.wait_for(ready.wait(), 30)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert cancels == {"quick": 1, "slow": 1}
+    assert sorted(finished) == ["quick", "slow"]

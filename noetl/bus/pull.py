@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT = "100"
 # Statuses that end a pull request normally; any other status means the consumer or the stream is
@@ -43,14 +47,23 @@ class Puller:
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
 
-    async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+    async def hand_back(self) -> None:
+        """Stop pulling, and give back what came but was never taken, for redelivery at once.
 
-    def leftover(self) -> list[Msg]:
-        """Messages that came after the last fetch returned: to hand back on stop."""
-        taken, self._buffer = self._buffer, []
-        return taken
+        A pull request outlives the fetch that sent it: until the inbox loses interest, the
+        server may still deliver to it. A message lost that way is not only late. On an AckAll
+        consumer, the next consumer's ack of a later message would count it as done.
+        """
+        if self._sub is None:
+            return
+        sub, self._sub = self._sub, None
+        try:
+            await sub.drain()  # the server has stopped delivering here; what it sent is buffered
+            taken, self._buffer = self._buffer, []
+            for msg in taken:
+                await msg.nak()
+        except NatsError as exc:  # the connection is gone: so is the server's interest in the inbox
+            log.debug("cannot hand back from %s: %r", self._next, exc)
 
     async def _on_msg(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers and not msg.data else None

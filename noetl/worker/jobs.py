@@ -60,8 +60,7 @@ class JobRunner:
             try:
                 await self._pull(puller, steps, stop, accepting)
             finally:
-                for msg in puller.leftover():  # not ours to run any more
-                    await msg.nak()
+                await puller.hand_back()  # what came after the last fetch is not ours to run
                 await self._drain()
                 await self.sandboxes.close()
 
