@@ -32,6 +32,8 @@ EXECUTION_RUN = "noetl.cmd.execution.run"
 EXECUTION_CANCEL = "noetl.cmd.execution.cancel"
 EXECUTION_REPORT = "noetl.cmd.execution.report"
 EXECUTION_DEAD_JOB = "noetl.cmd.execution.dead_job"
+# Sent by the execution consumer to itself, through the outbox: a child execution's outcome.
+EXECUTION_CHILD_DONE = "noetl.cmd.execution.child_done"
 
 QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
 QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
@@ -40,6 +42,8 @@ QUERY_CATALOG_ENTRY = "noetl.qry.catalog.entry"
 QUERY_EXECUTIONS = "noetl.qry.execution.list"
 QUERY_EXECUTION = "noetl.qry.execution.detail"
 QUERY_EXECUTION_EVENTS = "noetl.qry.execution.events"
+QUERY_EXECUTION_SUMMARY = "noetl.qry.execution.summary"
+QUERY_CATALOG_VALIDATE = "noetl.qry.catalog.validate"
 
 EXECUTION_EVENTS_ALL = "noetl.evt.execution.>"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,7 +12,26 @@ from noetl.contracts.fields import IdStr, JsonObject, OutId
 
 ExecutionType = Literal["playbook", "tool", "model", "workflow"]
 LATEST = "latest"
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class ExecutionStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+class EventStatus(StrEnum):
+    """An event's `status`, in NoETL's spelling: that of what the event is about."""
+
+    STARTED = "STARTED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
 
 class ExecutionContext(BaseModel):
@@ -115,11 +135,65 @@ class ExecutionResponse(BaseModel):
 
 
 class ExecutionEvent(BaseModel):
+    """An execution's event as NoETL's clients read it. `node_name` is the step (or the playbook
+    for the execution's own events), `duration` is in seconds, `timestamp` and `created_at` are
+    the time it happened; `meta` holds the rest (attempt, job id, path, version)."""
+
     event_id: OutId
     execution_id: OutId
     event_type: str
+    node_id: str | None = None
+    node_name: str | None = None
+    node_type: str | None = None
+    status: str | None = None
+    duration: float | None = None
     timestamp: datetime
-    payload: dict[str, Any]
+    created_at: datetime
+    context: Any = None
+    result: Any = None
+    error: str | None = None
+    current_index: int | None = None
+    current_item: Any = None
+    worker_id: str | None = None
+    parent_event_id: str | None = None
+    parent_execution_id: str | None = None
+    meta: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], execution_id: int) -> ExecutionEvent:
+        payload = row["payload"]
+        fields = {name: payload.get(name) for name in cls.model_fields if name in payload}
+        return cls(
+            **fields,
+            event_id=row["event_id"],
+            execution_id=execution_id,
+            event_type=row["type"],
+            timestamp=row["created_at"],
+            created_at=row["created_at"],
+        )
+
+
+class EventsByExecution(BaseModel):
+    execution_id: OutId
+    events: list[ExecutionEvent]
+
+
+class EventError(BaseModel):
+    node_name: str | None
+    error: str | None
+    created_at: datetime
+
+
+class Summary(BaseModel):
+    execution_id: OutId
+    counts: dict[str, int] = Field(description="events by type")
+    skipped: int = 0
+    errors: list[EventError] = Field(description="the last three action errors, newest first")
+
+
+class ExecutionSummary(BaseModel):
+    status: Literal["ok"] = "ok"
+    summary: Summary
 
 
 class ExecutionDetail(ExecutionResponse):

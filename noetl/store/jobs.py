@@ -1,97 +1,385 @@
-"""SQL for jobs. Every change is guarded by the job's state: terminal jobs never change again."""
+"""SQL for jobs: every run of a step (and every loop item) of an execution, written by the broker.
+
+Every change is guarded by the job's state: finished jobs never change again. Ids are drawn before
+the rows are written (`allocate`), so the jobs and events of one batch can refer to each other.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from noetl.contracts.jobs import StepReport
+from noetl.contracts.jobs import JobKind, JobStatus, StepReport
+from noetl.store.outbox import NewEvent
 
-FINISHED = frozenset({"completed", "failed", "abandoned"})
-
-
-# Identities are drawn in the order of the sorted SELECT, so ordering by job_id gives the rows
-# back in the order they were asked for.
-INSERT_MANY = """
-WITH added AS (
-    INSERT INTO jobs (execution_id, step)
-    SELECT u.execution_id, u.step
-    FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS (execution_id bigint, step text))
-         WITH ORDINALITY AS u(execution_id, step, ord)
-    ORDER BY u.ord
-    RETURNING job_id, dispatched_at
-)
-SELECT job_id, dispatched_at FROM added ORDER BY job_id
+ALLOCATE = """
+SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('jobs', 'job_id')) FROM generate_series(1, %s)) AS jobs,
+       ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_id')) FROM generate_series(1, %s)) AS events
 """
 
 
-async def add(conn: AsyncConnection, jobs: list[tuple[int, str]]) -> list[dict[str, Any]]:
-    """Jobs as (execution_id, step), in one statement; their rows come back in the same order."""
+async def allocate(conn: AsyncConnection, jobs: int, events: int) -> tuple[list[int], list[int]]:
+    """Ids for `jobs` new jobs and `events` new events, in one round trip."""
+    cur = await conn.execute(ALLOCATE, (jobs, events))
+    row = await cur.fetchone()
+    assert row is not None
+    return row["jobs"], row["events"]
+
+
+@dataclass(eq=False, slots=True)
+class NewJob:
+    """A job the broker made in this transaction; `job_id` is set when ids are drawn. `cause`,
+    `loop` and `start_event` may be objects of the same batch."""
+
+    execution_id: int
+    step: str
+    kind: JobKind
+    status: JobStatus
+    node_type: str
+    cause: NewJob | int | None
+    start_event: NewEvent | None = None
+    loop: NewJob | int | None = None
+    idx: int | None = None
+    item: Any = None
+    child_execution_id: int | None = None
+    total: int | None = None
+    context: dict[str, Any] | None = None
+    result: Any = None
+    credentials: list[str] = field(default_factory=list)
+    secret: bool = False
+    job_id: int | None = None
+    dispatched_at: datetime | None = None
+
+    @property
+    def cause_id(self) -> int | None:
+        return self.cause.job_id if isinstance(self.cause, NewJob) else self.cause
+
+
+def _id(ref: NewJob | NewEvent | int | None) -> int | None:
+    return ref if ref is None or isinstance(ref, int) else ref.job_id if isinstance(ref, NewJob) else ref.id
+
+
+_COLUMNS = (
+    ("job_id", "bigint"),
+    ("execution_id", "bigint"),
+    ("step", "text"),
+    ("kind", "text"),
+    ("status", "text"),
+    ("node_type", "text"),
+    ("cause_job_id", "bigint"),
+    ("start_event_id", "bigint"),
+    ("loop_job_id", "bigint"),
+    ("idx", "int"),
+    ("item", "jsonb"),
+    ("child_execution_id", "bigint"),
+    ("total", "int"),
+    ("context", "jsonb"),
+    ("result", "jsonb"),
+    ("credentials", "text[]"),
+    ("secret", "bool"),
+)
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+
+# Control jobs are finished when written; the others start their clock when they run.
+INSERT = f"""
+INSERT INTO jobs ({_NAMES}, started_at, ended_at) OVERRIDING SYSTEM VALUE
+SELECT {_NAMES},
+       CASE WHEN u.status = 'completed' THEN now() END, CASE WHEN u.status = 'completed' THEN now() END
+FROM jsonb_to_recordset(%s::jsonb) AS u({", ".join(f"{n} {t}" for n, t in _COLUMNS)})
+RETURNING job_id, dispatched_at
+"""
+
+
+async def insert(conn: AsyncConnection, jobs: list[NewJob]) -> None:
+    """Write jobs whose ids are drawn; sets their `dispatched_at`."""
     if not jobs:
-        return []
-    batch = [{"execution_id": execution_id, "step": step} for execution_id, step in jobs]
-    cur = await conn.execute(INSERT_MANY, (Jsonb(batch),))
+        return
+    rows = [
+        {
+            "job_id": job.job_id,
+            "execution_id": job.execution_id,
+            "step": job.step,
+            "kind": job.kind,
+            "status": job.status,
+            "node_type": job.node_type,
+            "cause_job_id": job.cause_id,
+            "start_event_id": _id(job.start_event),
+            "loop_job_id": _id(job.loop),
+            "idx": job.idx,
+            "item": job.item,
+            "child_execution_id": job.child_execution_id,
+            "total": job.total,
+            "context": job.context,
+            "result": job.result,
+            "credentials": job.credentials,
+            "secret": job.secret,
+        }
+        for job in jobs
+    ]
+    cur = await conn.execute(INSERT, (Jsonb(rows),))
+    dispatched = {row["job_id"]: row["dispatched_at"] for row in await cur.fetchall()}
+    for job in jobs:
+        job.dispatched_at = dispatched[job.job_id]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionState:
+    """What the broker reads of a locked execution (its workload only when it needs a context)."""
+
+    execution_id: int
+    catalog_id: int
+    path: str
+    version: int
+    status: str
+    parent_execution_id: str | None
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    job_id: int
+    execution_id: int
+    step: str
+    kind: JobKind
+    status: JobStatus
+    node_type: str | None
+    delivery: int
+    attempt: int
+    cause_job_id: int | None
+    start_event_id: int | None
+    loop_job_id: int | None
+    idx: int | None
+    item: Any
+    child_execution_id: int | None
+    started_at: datetime | None
+    dispatched_at: datetime
+
+
+LOCK_EXECUTION = """
+SELECT execution_id, catalog_id, path, version, status, parent_execution_id, steps
+FROM executions WHERE execution_id = %s FOR UPDATE
+"""
+_JOB_COLUMNS = """job_id, execution_id, step, kind, status, node_type, delivery, attempt, cause_job_id,
+       start_event_id, loop_job_id, idx, item, child_execution_id, started_at, dispatched_at"""
+LOCK_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s AND execution_id = %s FOR UPDATE"
+LOCK_CHILD_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE child_execution_id = %s FOR UPDATE"
+
+
+async def lock_execution(conn: AsyncConnection, execution_id: int) -> ExecutionState | None:
+    """The execution, locked: its commands apply one at a time, across consumers."""
+    cur = conn.cursor(row_factory=class_row(ExecutionState))
+    await cur.execute(LOCK_EXECUTION, (execution_id,))
+    return await cur.fetchone()
+
+
+async def lock(conn: AsyncConnection, job_id: int, execution_id: int) -> tuple[JobState, ExecutionState] | None:
+    """(job, execution) locked together, execution first; None when the job is not that
+    execution's."""
+    execution = await lock_execution(conn, execution_id)
+    if execution is None:
+        return None
+    cur = conn.cursor(row_factory=class_row(JobState))
+    await cur.execute(LOCK_JOB, (job_id, execution_id))
+    job = await cur.fetchone()
+    return None if job is None else (job, execution)
+
+
+async def lock_waiting(
+    conn: AsyncConnection, child_execution_id: int, execution_id: int
+) -> tuple[JobState, ExecutionState] | None:
+    """The job (a playbook step, or a loop item) that waits for a child execution, and its
+    execution, locked as `lock` does."""
+    execution = await lock_execution(conn, execution_id)
+    if execution is None:
+        return None
+    cur = conn.cursor(row_factory=class_row(JobState))
+    await cur.execute(LOCK_CHILD_JOB, (child_execution_id,))
+    job = await cur.fetchone()
+    return None if job is None or job.execution_id != execution_id else (job, execution)
+
+
+async def started(conn: AsyncConnection, job_id: int, report: StepReport) -> None:
+    await conn.execute(
+        "UPDATE jobs SET status = 'running', delivery = %s, attempt = %s, worker = %s, "
+        "started_at = COALESCE(started_at, %s, now()) WHERE job_id = %s",
+        (report.delivery, report.attempt, report.worker, report.started_at, job_id),
+    )
+
+
+async def finished(
+    conn: AsyncConnection,
+    job_id: int,
+    status: JobStatus,
+    *,
+    result: Any = None,
+    error: str | None = None,
+    report: StepReport | None = None,
+) -> None:
+    """A job's end, from a worker's report or (no report) from the broker."""
+    if report is None:
+        await conn.execute(
+            "UPDATE jobs SET status = %s, result = %s, error = %s, started_at = COALESCE(started_at, now()), "
+            "ended_at = now() WHERE job_id = %s",
+            (status, Jsonb(result), error, job_id),
+        )
+        return
+    await conn.execute(
+        "UPDATE jobs SET status = %s, delivery = %s, attempt = %s, worker = %s, result = %s, error = %s, "
+        "started_at = COALESCE(started_at, %s, now()), ended_at = COALESCE(%s, now()) WHERE job_id = %s",
+        (
+            status,
+            report.delivery,
+            report.attempt,
+            report.worker,
+            Jsonb(result),
+            error,
+            report.started_at,
+            report.ended_at,
+            job_id,
+        ),
+    )
+
+
+async def abandon_active(conn: AsyncConnection, execution_id: int) -> list[int]:
+    """An execution that ended: its live and pending jobs will never count. Returns the child
+    executions that were still being waited for."""
+    cur = await conn.execute(
+        "UPDATE jobs SET status = 'abandoned', ended_at = now() "
+        "WHERE execution_id = %s AND status IN ('pending', 'queued', 'running') RETURNING child_execution_id",
+        (execution_id,),
+    )
+    return [row["child_execution_id"] for row in await cur.fetchall() if row["child_execution_id"]]
+
+
+# ----------------------------------------------------------------------------- what the broker reads
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: str
+    job_id: int
+    result: Any
+    secret: bool
+
+
+LATEST_RESULTS = """
+SELECT DISTINCT ON (step) step, job_id, result, secret FROM jobs
+WHERE execution_id = %s AND loop_job_id IS NULL AND status = 'completed'
+ORDER BY step, job_id DESC
+"""
+
+
+async def latest_results(conn: AsyncConnection, execution_id: int) -> list[StepResult]:
+    """Each step's result from its latest completed run."""
+    cur = conn.cursor(row_factory=class_row(StepResult))
+    await cur.execute(LATEST_RESULTS, (execution_id,))
     return await cur.fetchall()
 
 
-# The execution and the job, locked together, in one statement: reports about one execution
-# apply one at a time, across consumers.
-LOCK_WITH_EXECUTION = """
-SELECT j.job_id, j.status AS job_status, j.delivery, j.attempt AS job_attempt, j.dispatched_at, e.*
-FROM jobs j JOIN executions e ON e.execution_id = j.execution_id
-WHERE j.job_id = %s AND j.execution_id = %s
-FOR UPDATE OF e, j
+async def latest_runs(conn: AsyncConnection, execution_id: int, steps: list[str]) -> dict[str, int]:
+    """The latest run (job id) of each of `steps` that has run."""
+    cur = await conn.execute(
+        "SELECT step, max(job_id) AS job_id FROM jobs "
+        "WHERE execution_id = %s AND loop_job_id IS NULL AND step = ANY(%s) GROUP BY step",
+        (execution_id, steps),
+    )
+    return {row["step"]: row["job_id"] for row in await cur.fetchall()}
+
+
+ANCESTOR = """
+WITH RECURSIVE up(job_id, cause_job_id) AS (
+    SELECT job_id, cause_job_id FROM jobs WHERE job_id = %(from)s
+    UNION ALL
+    SELECT j.job_id, j.cause_job_id FROM jobs j JOIN up ON j.job_id = up.cause_job_id
+    WHERE up.cause_job_id >= %(ancestor)s
+)
+SELECT EXISTS (SELECT 1 FROM up WHERE job_id = %(ancestor)s) AS found
 """
 
 
-async def lock_with_execution(
-    conn: AsyncConnection, job_id: int, execution_id: int
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(job, execution), or None when the job is not one of that execution's."""
-    cur = await conn.execute(LOCK_WITH_EXECUTION, (job_id, execution_id))
+async def is_ancestor(conn: AsyncConnection, ancestor: int, of: int) -> bool:
+    """Whether job `ancestor` led to job `of` (ids only grow along what caused what, so the walk
+    up stops below `ancestor`)."""
+    cur = await conn.execute(ANCESTOR, {"from": of, "ancestor": ancestor})
     row = await cur.fetchone()
-    if row is None:
-        return None
-    job = {
-        "job_id": row.pop("job_id"),
-        "status": row.pop("job_status"),
-        "delivery": row.pop("delivery"),
-        "attempt": row.pop("job_attempt"),
-        "dispatched_at": row.pop("dispatched_at"),
-    }
-    return job, row
+    return bool(row and row["found"])
 
 
-async def started(conn: AsyncConnection, job_id: int, *, delivery: int, attempt: int, worker: str) -> None:
-    await conn.execute(
-        "UPDATE jobs SET status = 'running', delivery = %s, attempt = %s, worker = %s, "
-        "started_at = COALESCE(started_at, now()) WHERE job_id = %s",
-        (delivery, attempt, worker, job_id),
+@dataclass(frozen=True, slots=True)
+class Progress:
+    active: int
+    completed: int
+
+
+PROGRESS = """
+SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active,
+       count(*) FILTER (WHERE status = 'completed' AND kind <> 'control') AS completed
+FROM jobs WHERE execution_id = %s AND loop_job_id IS NULL
+"""
+
+
+async def progress(conn: AsyncConnection, execution_id: int) -> Progress:
+    """Top-level jobs still live, and action steps completed."""
+    cur = conn.cursor(row_factory=class_row(Progress))
+    await cur.execute(PROGRESS, (execution_id,))
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    done: int
+    total: int
+    context: dict[str, Any] | None
+
+
+async def item_done(conn: AsyncConnection, loop_job_id: int) -> LoopState:
+    """Count one more finished item of a loop."""
+    cur = conn.cursor(row_factory=class_row(LoopState))
+    await cur.execute(
+        "UPDATE jobs SET done = done + 1 WHERE job_id = %s RETURNING done, total, context", (loop_job_id,)
     )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
 
 
-async def finished(conn: AsyncConnection, job_id: int, *, status: str, report: StepReport) -> None:
-    await conn.execute(
-        "UPDATE jobs SET status = %s, delivery = %s, attempt = %s, worker = %s, result = %s, error = %s, "
-        "started_at = COALESCE(started_at, now()), ended_at = now() WHERE job_id = %s",
-        (status, report.delivery, report.attempt, report.worker, Jsonb(report.result), report.error, job_id),
+@dataclass(frozen=True, slots=True)
+class PendingItem:
+    job_id: int
+    idx: int
+    item: Any
+    dispatched_at: datetime
+
+
+DISPATCH_ITEMS = """
+UPDATE jobs SET status = 'queued', dispatched_at = now()
+WHERE job_id = ANY(ARRAY(
+    SELECT job_id FROM jobs WHERE loop_job_id = %s AND status = 'pending' ORDER BY idx LIMIT %s
+))
+RETURNING job_id, idx, item, dispatched_at
+"""
+
+
+async def dispatch_items(conn: AsyncConnection, loop_job_id: int, count: int) -> list[PendingItem]:
+    """The loop's next `count` pending items, now queued, in item order."""
+    cur = conn.cursor(row_factory=class_row(PendingItem))
+    await cur.execute(DISPATCH_ITEMS, (loop_job_id, count))
+    return sorted(await cur.fetchall(), key=lambda item: item.idx)
+
+
+async def item_results(conn: AsyncConnection, loop_job_id: int) -> list[Any]:
+    """A finished loop's item results, in item order."""
+    cur = await conn.execute(
+        "SELECT result FROM jobs WHERE loop_job_id = %s AND idx IS NOT NULL ORDER BY idx", (loop_job_id,)
     )
-
-
-async def abandon_active(conn: AsyncConnection, execution_id: int) -> None:
-    """An execution that ended: its queued and running jobs will never count."""
-    await conn.execute(
-        "UPDATE jobs SET status = 'abandoned', ended_at = now() "
-        "WHERE execution_id = %s AND status IN ('queued', 'running')",
-        (execution_id,),
-    )
-
-
-async def of_execution(conn: AsyncConnection, execution_id: int) -> AsyncCursor[dict[str, Any]]:
-    """Every job of an execution (step, status, result), oldest first. The cursor is returned
-    unread so the query can share a pipeline; fetch it after the pipeline syncs."""
-    return await conn.execute(
-        "SELECT step, status, result FROM jobs WHERE execution_id = %s ORDER BY job_id", (execution_id,)
-    )
+    return [row["result"] for row in await cur.fetchall()]

@@ -7,25 +7,50 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class NewEvent:
+    """An event to write. `time` is when it happened (default: now, not the transaction's start);
+    `id` may be drawn beforehand (`noetl.store.jobs.allocate`) so that other rows can name it, and
+    `parent` (an event of the same batch, or an id) becomes the payload's `parent_event_id`."""
+
     type: str
     subject: str
     entity: dict[str, str]
     payload: dict[str, Any] = field(default_factory=dict)
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: int | None = None
+    parent: NewEvent | int | None = None
+
+    def row(self) -> dict[str, Any]:
+        payload = self.payload
+        if self.parent is not None:
+            parent = self.parent.id if isinstance(self.parent, NewEvent) else self.parent
+            payload = {**payload, "parent_event_id": None if parent is None else str(parent)}
+        return {
+            "event_id": self.id,
+            "type": self.type,
+            "subject": self.subject,
+            "entity": self.entity,
+            "payload": payload,
+            "created_at": self.time.isoformat(),
+        }
 
 
+# Events without a drawn id get the next one here.
 INSERT_EVENTS = """
 WITH added AS (
-    INSERT INTO events (type, subject, entity, payload)
-    SELECT type, subject, entity, payload
-    FROM jsonb_to_recordset(%s::jsonb) AS e(type text, subject text, entity jsonb, payload jsonb)
+    INSERT INTO events (event_id, type, subject, entity, payload, created_at) OVERRIDING SYSTEM VALUE
+    SELECT COALESCE(e.event_id, nextval(pg_get_serial_sequence('events', 'event_id'))),
+           e.type, e.subject, e.entity, e.payload, e.created_at
+    FROM jsonb_to_recordset(%s::jsonb)
+        AS e(event_id bigint, type text, subject text, entity jsonb, payload jsonb, created_at timestamptz)
     RETURNING event_id
 )
 INSERT INTO outbox (event_id) SELECT event_id FROM added
@@ -61,8 +86,7 @@ async def add_events(conn: AsyncConnection, events: list[NewEvent]) -> None:
 async def _insert(conn: AsyncConnection, events: list[NewEvent]) -> None:
     if not events:
         return
-    batch = [{"type": e.type, "subject": e.subject, "entity": e.entity, "payload": e.payload} for e in events]
-    await conn.execute(INSERT_EVENTS, (Jsonb(batch),))
+    await conn.execute(INSERT_EVENTS, (Jsonb([event.row() for event in events]),))
 
 
 # Events are looked up by primary key, so the plan stays an index scan whatever the queue's

@@ -1,0 +1,2 @@
+"""Playbooks: the YAML document (`document`), its steps as typed models (`steps`, built by
+`parse`), and the workflow graph (`workflow`)."""
