@@ -33,6 +33,10 @@ EXECUTION_CANCEL = "noetl.cmd.execution.cancel"
 EXECUTION_REPORT = "noetl.cmd.execution.report"
 EXECUTION_DEAD_JOB = "noetl.cmd.execution.dead_job"
 
+CREDENTIALS_COMMANDS = "noetl.cmd.credentials.>"
+CREDENTIALS_REGISTER = "noetl.cmd.credentials.register"
+CREDENTIALS_DELETE = "noetl.cmd.credentials.delete"
+
 QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
 QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
 QUERY_CATALOG_LIST = "noetl.qry.catalog.list"
@@ -40,6 +44,11 @@ QUERY_CATALOG_ENTRY = "noetl.qry.catalog.entry"
 QUERY_EXECUTIONS = "noetl.qry.execution.list"
 QUERY_EXECUTION = "noetl.qry.execution.detail"
 QUERY_EXECUTION_EVENTS = "noetl.qry.execution.events"
+QUERY_CREDENTIALS_LIST = "noetl.qry.credentials.list"
+QUERY_CREDENTIALS_GET = "noetl.qry.credentials.get"
+# A worker's request for its job's credentials: core request/reply only, never a stream, so the
+# secrets in the answer are kept nowhere on the bus.
+QUERY_CREDENTIALS_RESOLVE = "noetl.qry.credentials.resolve"
 
 EXECUTION_EVENTS_ALL = "noetl.evt.execution.>"
 
@@ -74,6 +83,10 @@ def runtime_event(kind: str, name: str, event_type: str) -> str:
 
 def catalog_event(path: str, event_type: str) -> str:
     return f"noetl.evt.catalog.{token(path)}.{token(event_type)}"
+
+
+def credential_event(name: str, event_type: str) -> str:
+    return f"noetl.evt.credentials.{token(name)}.{token(event_type)}"
 
 
 def execution_event(execution_id: str, event_type: str) -> str:
