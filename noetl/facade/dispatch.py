@@ -72,7 +72,11 @@ class Dispatcher:
         self.idempotency_key = idempotency_key(request)
 
     def _command(
-        self, payload: dict[str, Any], command_type: str, fingerprinted: dict[str, Any] | None
+        self,
+        subject: str,
+        payload: dict[str, Any],
+        command_type: str,
+        fingerprinted: dict[str, Any] | None = None,
     ) -> Command:
         if self.idempotency_key:
             return Command(
@@ -94,7 +98,9 @@ class Dispatcher:
         """Publish a command and answer with its outcome, or 202 when the outcome is late.
         `fingerprinted` stands for the payload in the `Idempotency-Key` check when the payload
         differs at every sending (it holds a freshly sealed secret)."""
-        command = self._command(payload, command_type or subjects.command_type(subject), fingerprinted)
+        command = self._command(
+            subject, payload, command_type or subjects.command_type(subject), fingerprinted
+        )
         outcome = await self.requester.send(subject, command, self.settings.api_reply_timeout)
         headers = {REQUEST_ID_HEADER: command.id}
         if outcome is None:
