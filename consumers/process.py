@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 
 from psycopg_pool import AsyncConnectionPool
 
-from consumers import catalog, execution, queries, runtime
+from consumers import catalog, credentials, execution, queries, runtime
 from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
@@ -58,6 +58,10 @@ async def start_runtime(ctx: Context) -> list[Awaitable[None]]:
     return [*await start_domain(runtime.DOMAIN)(ctx), heartbeats.run()]
 
 
+async def start_credentials(ctx: Context) -> list[Awaitable[None]]:
+    return await start_domain(credentials.domain(ctx.settings))(ctx)
+
+
 async def start_sweeper(ctx: Context) -> list[Awaitable[None]]:
     s = ctx.settings
     return [
@@ -78,6 +82,7 @@ CONSUMERS: dict[str, Starter] = {
     "runtime": start_runtime,
     "catalog": start_domain(catalog.DOMAIN),
     "execution": start_domain(execution.DOMAIN),
+    "credentials": start_credentials,
     "sweeper": start_sweeper,
     "outbox": start_outbox,
 }

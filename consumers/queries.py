@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import Outcome, new_request_id
+from noetl.bus.envelope import ErrorCode, Outcome, new_request_id
 from noetl.store import commands as command_store
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,28 @@ log = logging.getLogger(__name__)
 Query = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class NotFound(LookupError):
+class Refused(Exception):
+    """A query answered with an error: `code` is the outcome's, the message its detail."""
+
+    code: ErrorCode
+
+
+class NotFound(Refused, LookupError):
     """The thing a query asked for does not exist."""
+
+    code = "not_found"
+
+
+class Forbidden(Refused):
+    """The asker may not have what it asked for."""
+
+    code = "forbidden"
+
+
+class Unavailable(Refused):
+    """This consumer cannot answer it now (it lacks a setting, say)."""
+
+    code = "unavailable"
 
 
 async def serve(bus: Bus, pool: AsyncConnectionPool, handlers: dict[str, Query]) -> None:
@@ -44,8 +64,8 @@ def _responder(pool: AsyncConnectionPool, handler: Query) -> Callable[[Msg], Awa
                 raise ValueError("a query is a JSON object")
             async with pool.connection() as conn:
                 outcome = Outcome(request_id=request_id, result=await handler(conn, payload))
-        except NotFound as exc:
-            outcome = Outcome.failed(request_id, "not_found", str(exc))
+        except Refused as exc:
+            outcome = Outcome.failed(request_id, exc.code, str(exc))
         except (ValueError, ValidationError) as exc:
             outcome = Outcome.failed(request_id, "invalid", str(exc))
         except Exception as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import platformdirs
 
+from noetl.crypto import KEY_SETTING, generate_key
 from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, require_free, stop_process, wait_for_port
 from noetl.settings import PostgresEnv, Settings
 from noetl.store.migrate import migrate
@@ -25,7 +26,7 @@ DB_ENV = (
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
 )
-CONSUMERS = ("runtime", "catalog", "execution", "sweeper", "outbox")
+CONSUMERS = ("runtime", "catalog", "execution", "credentials", "sweeper", "outbox")
 
 
 def default_data_dir() -> Path:
@@ -39,6 +40,23 @@ class DevOptions:
     nats_port: int
     pg_port: int
     workers: int
+
+
+def credentials_key(data_dir: Path) -> str:
+    """`NOETL_CREDENTIALS_KEY` from the environment, or the key kept in the data directory
+    (made on first start, readable by this user only): credentials sealed with it outlive a restart."""
+    if os.environ.get(KEY_SETTING):
+        return os.environ[KEY_SETTING]
+    path = data_dir / "credentials" / "key"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    key = generate_key()
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
 
 
 def _say(line: str) -> None:
@@ -100,14 +118,16 @@ def run_dev(opts: DevOptions) -> int:
         applied = asyncio.run(migrate(dsn))
         _say(f"schema       migrated ({len(applied)} new migration(s))")
 
-        base_env = {k: v for k, v in os.environ.items() if k not in DB_ENV}
+        # Workers get neither the database nor the credentials key; the API seals, consumers open.
+        base_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)}
         base_env["NOETL_NATS_URL"] = nats_url
-        consumer_env = {**base_env, "NOETL_PG_DSN": dsn}
+        key_env = {KEY_SETTING: credentials_key(opts.data_dir)}
+        consumer_env = {**base_env, **key_env, "NOETL_PG_DSN": dsn}
         children.append(("consumers", _child(["consumer", *CONSUMERS], consumer_env)))
         for i in range(opts.workers):
             name = f"local-{i + 1}" if opts.workers > 1 else "local"
             children.append((f"worker {name}", _child(["worker", "--name", name], base_env)))
-        api = _child(["api", "--host", HOST, "--port", str(opts.port)], base_env)
+        api = _child(["api", "--host", HOST, "--port", str(opts.port)], {**base_env, **key_env})
         children.append(("api", api))
         wait_for_port(opts.port, api, "the API", timeout=30)
         _say(f"API          http://{HOST}:{opts.port}  (docs: http://{HOST}:{opts.port}/docs)")

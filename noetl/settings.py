@@ -1,6 +1,7 @@
 """Settings from the environment, one object for every process.
 
-The facade reads only the bus settings; it is never given database credentials.
+The facade reads only the bus settings and the credentials key; it is never given database
+credentials.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import quote
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +38,8 @@ class Settings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     pg_dsn: str | None = None
+    # Comma-separated Fernet keys (`noetl.crypto`): the first seals credentials, all open them.
+    credentials_key: SecretStr | None = None
 
     api_reply_timeout: float = Field(5.0, gt=0)
     api_max_body_bytes: int = Field(512 * 1024, gt=0)

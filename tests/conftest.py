@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 
 from consumers import process
 from noetl.bus import subjects
+from noetl.crypto import generate_key
 from noetl.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from noetl.facade.app import create_app
 from noetl.settings import Settings
@@ -48,6 +49,7 @@ TABLES = (
     "executions",
     "catalog",
     "catalog_paths",
+    "credentials",
 )
 DURABLES = {
     subjects.COMMANDS_STREAM: "runtime-commands",
@@ -62,6 +64,8 @@ TEST_SETTINGS: dict[str, Any] = {
     "runtime_offline_seconds": 60.0,
     "runtime_sweep_interval": 0.5,
     "consumer_ack_wait": 5.0,
+    # A key made for this run (none is kept in the repository); a test without one says so.
+    "credentials_key": generate_key(),
 }
 
 

@@ -39,7 +39,7 @@ WORKER_ENV = {
     "NOETL_WORKER_HEARTBEAT_INTERVAL": "1",
     "NOETL_WORKER_GRACE_SECONDS": "20",
 }
-STACK_CONSUMERS = ["runtime", "catalog", "execution", "outbox"]
+STACK_CONSUMERS = ["runtime", "catalog", "execution", "credentials", "outbox"]
 DOMAIN_TABLES = ("jobs", "executions", "catalog", "catalog_paths")
 
 STEP_EVENTS = (

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
 
-ErrorCode = Literal["bad_request", "invalid", "not_found", "unknown", "conflict", "unavailable"]
+ErrorCode = Literal["bad_request", "invalid", "forbidden", "not_found", "unknown", "conflict", "unavailable"]
 
 
 def utcnow() -> datetime:

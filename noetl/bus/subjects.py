@@ -35,6 +35,10 @@ EXECUTION_DEAD_JOB = "noetl.cmd.execution.dead_job"
 # Sent by the execution consumer to itself, through the outbox: a child execution's outcome.
 EXECUTION_CHILD_DONE = "noetl.cmd.execution.child_done"
 
+CREDENTIALS_COMMANDS = "noetl.cmd.credentials.>"
+CREDENTIALS_REGISTER = "noetl.cmd.credentials.register"
+CREDENTIALS_DELETE = "noetl.cmd.credentials.delete"
+
 QUERY_RUNTIME_COMPONENTS = "noetl.qry.runtime.components"
 QUERY_REQUEST_OUTCOME = "noetl.qry.requests.outcome"
 QUERY_CATALOG_LIST = "noetl.qry.catalog.list"
@@ -44,6 +48,11 @@ QUERY_EXECUTION = "noetl.qry.execution.detail"
 QUERY_EXECUTION_EVENTS = "noetl.qry.execution.events"
 QUERY_EXECUTION_SUMMARY = "noetl.qry.execution.summary"
 QUERY_CATALOG_VALIDATE = "noetl.qry.catalog.validate"
+QUERY_CREDENTIALS_LIST = "noetl.qry.credentials.list"
+QUERY_CREDENTIALS_GET = "noetl.qry.credentials.get"
+# A worker's request for its job's credentials: core request/reply only, never a stream, so the
+# secrets in the answer are kept nowhere on the bus.
+QUERY_CREDENTIALS_RESOLVE = "noetl.qry.credentials.resolve"
 
 EXECUTION_EVENTS_ALL = "noetl.evt.execution.>"
 
@@ -78,6 +87,10 @@ def runtime_event(kind: str, name: str, event_type: str) -> str:
 
 def catalog_event(path: str, event_type: str) -> str:
     return f"noetl.evt.catalog.{token(path)}.{token(event_type)}"
+
+
+def credential_event(name: str, event_type: str) -> str:
+    return f"noetl.evt.credentials.{token(name)}.{token(event_type)}"
 
 
 def execution_event(execution_id: str, event_type: str) -> str:

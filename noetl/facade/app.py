@@ -1,4 +1,5 @@
-"""The FastAPI application. It holds a bus connection and no database credentials."""
+"""The FastAPI application. It holds a bus connection, the credentials key, and no database
+credentials."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from starlette.routing import BaseRoute
 from noetl.bus.connection import Bus
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
-from noetl.facade import catalog, dispatch, errors, executions, runtime, system
+from noetl.crypto import Cipher
+from noetl.facade import catalog, credentials, dispatch, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
 from noetl.settings import Settings, get_settings
 
@@ -59,12 +61,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # The keys that seal credentials before they are published (a malformed key stops the start).
+    app.state.cipher = Cipher.from_setting(settings.credentials_key)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     errors.install(app)
     dispatch.document_idempotency_key(app)
     # The routes join the app's own list rather than through `include_router`: FastAPI matches an
     # included router's routes twice per request, which made routing a tenth of the facade's CPU.
     # A request is tried against each route in turn (a few microseconds each): the busiest first.
-    routes = [route for module in (runtime, executions, catalog, system) for route in module.router.routes]
+    routes = [
+        route
+        for module in (runtime, executions, catalog, credentials, system)
+        for route in module.router.routes
+    ]
     app.router.routes[:0] = sorted(routes, key=_traffic_rank)
     return app

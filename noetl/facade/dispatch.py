@@ -71,21 +71,36 @@ class Dispatcher:
         self.scope = f"{request.method} {request.scope['path']}"
         self.idempotency_key = idempotency_key(request)
 
-    def _command(self, subject: str, payload: dict[str, Any], command_type: str) -> Command:
+    def _command(
+        self,
+        subject: str,
+        payload: dict[str, Any],
+        command_type: str,
+        fingerprinted: dict[str, Any] | None = None,
+    ) -> Command:
         if self.idempotency_key:
             return Command(
                 id=idempotent_request_id(self.scope, self.idempotency_key),
                 type=command_type,
                 payload=payload,
-                fingerprint=fingerprint(payload),
+                fingerprint=fingerprint(payload if fingerprinted is None else fingerprinted),
             )
         return Command(id=new_request_id(), type=command_type, payload=payload)
 
     async def command(
-        self, subject: str, payload: dict[str, Any], command_type: str | None = None
+        self,
+        subject: str,
+        payload: dict[str, Any],
+        command_type: str | None = None,
+        *,
+        fingerprinted: dict[str, Any] | None = None,
     ) -> JSONResponse:
-        """Publish a command and answer with its outcome, or 202 when the outcome is late."""
-        command = self._command(subject, payload, command_type or subjects.command_type(subject))
+        """Publish a command and answer with its outcome, or 202 when the outcome is late.
+        `fingerprinted` stands for the payload in the `Idempotency-Key` check when the payload
+        differs at every sending (it holds a freshly sealed secret)."""
+        command = self._command(
+            subject, payload, command_type or subjects.command_type(subject), fingerprinted
+        )
         outcome = await self.requester.send(subject, command, self.settings.api_reply_timeout)
         headers = {REQUEST_ID_HEADER: command.id}
         if outcome is None:

@@ -11,11 +11,13 @@ from noetl.bus.connection import BusUnavailable
 from noetl.bus.envelope import ErrorCode, Outcome
 from noetl.bus.requests import QueryUnanswered
 from noetl.contracts.errors import BadRequest
+from noetl.crypto import NotConfigured
 
 BUS_RETRY_AFTER = 2
 
 STATUS: dict[ErrorCode, int] = {
     "bad_request": 400,
+    "forbidden": 403,
     "not_found": 404,
     "unknown": 404,
     "conflict": 409,
@@ -53,6 +55,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(QueryUnanswered)
     async def _no_reader(_: Request, exc: QueryUnanswered) -> JSONResponse:
         return unavailable(f"this cannot be read right now: {exc}")
+
+    @app.exception_handler(NotConfigured)
+    async def _no_key(_: Request, exc: NotConfigured) -> JSONResponse:
+        return unavailable(str(exc))
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_: Request, exc: BadRequest) -> JSONResponse:
