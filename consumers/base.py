@@ -371,6 +371,7 @@ class Domain:
     commands: str
     apply: Apply
     queries: dict[str, Any]
+    configure: Callable[[Settings], None] | None = None  # the domain's own settings, set at start
 
     def consumer(self, bus: Bus, pool: AsyncConnectionPool, settings: Settings) -> CommandConsumer:
         return CommandConsumer(

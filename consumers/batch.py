@@ -10,6 +10,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from consumers.events import cancel_child
 from noetl.bus import subjects
 from noetl.contracts.jobs import Job, LoopItem
 from noetl.store import executions as store
@@ -70,6 +71,15 @@ class Batch:
         if job.loop is None:
             self.steps[job.execution_id] = self.steps.get(job.execution_id, 0) + 1
         return job
+
+    async def event_id(self, event: NewEvent | int | None) -> int | None:
+        """The id of an event of this batch, drawn now if it has none yet."""
+        if isinstance(event, NewEvent) and event.id is None:
+            (event.id,) = (await job_store.allocate(self.conn, 0, 1))[1]
+        return event.id if isinstance(event, NewEvent) else event
+
+    def cancel_child(self, child_execution_id: int, reason: str) -> None:
+        self.events.append(cancel_child(child_execution_id, reason))
 
     async def flush(self) -> None:
         execution_events = [e for e in self.events if e.id is None and e.entity.get("domain") == "execution"]

@@ -7,9 +7,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from pydantic import ValidationError
 
+from consumers import offload
 from consumers.base import Domain, by_type
 from consumers.queries import NotFound
-from noetl import playbook
 from noetl.bus import subjects
 from noetl.bus.envelope import Command, Outcome, invalid
 from noetl.contracts.catalog import (
@@ -19,32 +19,70 @@ from noetl.contracts.catalog import (
     CatalogList,
     CatalogLookup,
     CatalogRegistered,
+    PlaybookCheck,
 )
+from noetl.playbook.document import Limits, PlaybookError
+from noetl.playbook.workflow import read
+from noetl.settings import Settings
 from noetl.store import catalog as store
 from noetl.store.outbox import NewEvent, add_events
 
 
-def _parsed(command: Command) -> tuple[str, dict[str, Any], CatalogCommand] | Outcome:
-    """(path, document, registration), or the outcome that refuses it."""
-    try:
-        registration = CatalogCommand.model_validate(command.payload)
-        document = playbook.parse(registration.content)
-        playbook.validate(document, registration.resource_type)
-        path = playbook.catalog_path(document)
-    except ValidationError as exc:
-        return invalid(command.id, exc)
-    except playbook.PlaybookError as exc:
-        return Outcome.failed(command.id, "bad_request", str(exc))
-    if len(path) > MAX_PATH_LENGTH:
-        return Outcome.failed(command.id, "bad_request", f"the path is over {MAX_PATH_LENGTH} characters")
-    return path, document, registration
+LIMITS = Limits()
+
+
+def configure(settings: Settings) -> None:
+    global LIMITS
+    LIMITS = settings.playbook_limits()
+
+
+Read = tuple[str, dict[str, Any]] | str
+
+
+def read_all(texts: list[tuple[str, str]], limits: Limits) -> list[Read]:
+    """Each (text, resource type) as (path, document), or why it is refused. Runs in the offload
+    process: the heaviest playbook the limits allow is a second of CPU."""
+    found: list[Read] = []
+    for text, resource_type in texts:
+        try:
+            path, document = read(text, resource_type, limits)
+        except PlaybookError as exc:
+            found.append(str(exc))
+            continue
+        if len(path) > MAX_PATH_LENGTH:
+            found.append(f"the path is over {MAX_PATH_LENGTH} characters")
+        else:
+            found.append((path, document))
+    return found
+
+
+async def _parsed(commands: list[Command]) -> list[tuple[str, dict[str, Any], CatalogCommand] | Outcome]:
+    """For each command (path, document, registration), or the outcome that refuses it."""
+    registrations: dict[str, CatalogCommand] = {}
+    refused: dict[str, Outcome] = {}
+    for command in commands:
+        try:
+            registrations[command.id] = CatalogCommand.model_validate(command.payload)
+        except ValidationError as exc:
+            refused[command.id] = invalid(command.id, exc)
+    texts = [(r.content, r.resource_type) for r in registrations.values()]
+    read_back = dict(zip(registrations, await offload.run(read_all, texts, LIMITS) if texts else [], strict=True))
+    parsed: list[tuple[str, dict[str, Any], CatalogCommand] | Outcome] = []
+    for command in commands:
+        found = read_back.get(command.id)
+        if found is None:
+            parsed.append(refused[command.id])
+        elif isinstance(found, str):
+            parsed.append(Outcome.failed(command.id, "bad_request", found))
+        else:
+            parsed.append((*found, registrations[command.id]))
+    return parsed
 
 
 async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outcome]:
     outcomes: dict[str, Outcome] = {}
     accepted: list[tuple[Command, str, dict[str, Any], CatalogCommand]] = []
-    for command in commands:
-        parsed = _parsed(command)
+    for command, parsed in zip(commands, await _parsed(commands), strict=True):
         if isinstance(parsed, Outcome):
             outcomes[command.id] = parsed
         else:
@@ -97,9 +135,27 @@ async def get_entry(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str,
     return CatalogEntry.model_validate(row).model_dump(mode="json")
 
 
-QUERIES = {subjects.QUERY_CATALOG_LIST: list_entries, subjects.QUERY_CATALOG_ENTRY: get_entry}
+async def validate(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """Check a playbook without registering it (`POST /api/catalog/playbooks/validate`)."""
+    check = CatalogCommand.model_validate(payload)
+    (found,) = await offload.run(read_all, [(check.content, check.resource_type)], LIMITS)
+    if isinstance(found, str):
+        return PlaybookCheck(valid=False, errors=[found]).model_dump()
+    path, document = found
+    return PlaybookCheck(valid=True, errors=[], path=path, steps=len(document.get("workflow") or [])).model_dump()
+
+
+QUERIES = {
+    subjects.QUERY_CATALOG_LIST: list_entries,
+    subjects.QUERY_CATALOG_ENTRY: get_entry,
+    subjects.QUERY_CATALOG_VALIDATE: validate,
+}
 
 
 DOMAIN = Domain(
-    durable="catalog-commands", commands=subjects.CATALOG_COMMANDS, apply=apply_commands, queries=QUERIES
+    durable="catalog-commands",
+    commands=subjects.CATALOG_COMMANDS,
+    apply=apply_commands,
+    queries=QUERIES,
+    configure=configure,
 )

@@ -96,7 +96,7 @@ def _command(subject: str, payload: dict[str, Any]) -> NewEvent:
     )
 
 
-def child_finished(outcome: ChildFinished) -> NewEvent:
+def child_outcome(outcome: ChildFinished) -> NewEvent:
     return _command(subjects.EXECUTION_CHILD_DONE, outcome.model_dump(mode="json"))
 
 

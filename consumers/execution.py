@@ -9,27 +9,30 @@ from psycopg import AsyncConnection
 
 from consumers import broker
 from consumers.base import Domain, by_type, dead_letter, each, many
-from consumers.broker import execution_event
+from consumers.events import Ref, execution_event
 from consumers.queries import NotFound
-from noetl import playbook
 from noetl.bus import subjects
 from noetl.bus.envelope import Command, Outcome
 from noetl.contracts.execution import (
     CancelCommand,
+    EventError,
+    EventsByExecution,
+    EventStatus,
     ExecutionDetail,
     ExecutionEvent,
     ExecutionList,
     ExecutionQuery,
     ExecutionRequest,
     ExecutionResponse,
+    ExecutionStatus,
+    ExecutionSummary,
+    Summary,
 )
-from noetl.contracts.jobs import DeadJob, StepReport
+from noetl.contracts.jobs import ChildFinished, DeadJob, StepReport
+from noetl.playbook.document import workload
 from noetl.store import catalog as catalog_store
 from noetl.store import executions as store
-from noetl.store import jobs as job_store
-from noetl.store.outbox import add_events
-
-RUNNING = "running"
+from noetl.store.jobs import ExecutionState
 
 
 def _numeric(value: str | None) -> int | None:
@@ -72,10 +75,26 @@ async def run(conn: AsyncConnection, requests: list[tuple[str, ExecutionRequest]
     rows = await store.add(conn, [_new_execution(request, entry) for _, request, entry in accepted])
     started = []
     for (request_id, _, entry), row in zip(accepted, rows, strict=True):
-        first = execution_event(
-            row, "execution_start", catalog_id=str(row["catalog_id"]), request_id=request_id
+        state = ExecutionState(
+            execution_id=row["execution_id"],
+            catalog_id=row["catalog_id"],
+            path=row["path"],
+            version=row["version"],
+            status=row["status"],
+            parent_execution_id=row["parent_execution_id"],
+            steps=0,
+            depth=0,
         )
-        started.append((row, entry["payload"], first))
+        first = execution_event(
+            Ref(state.execution_id, state.path, state.version, state.parent_execution_id),
+            "execution_start",
+            EventStatus.STARTED,
+            context={"path": row["path"], "version": row["version"], "workload": row["workload"]},
+            parent=int(row["parent_event_id"]) if (row["parent_event_id"] or "").isdigit() else None,
+            catalog_id=str(row["catalog_id"]),
+            request_id=request_id,
+        )
+        started.append((state, entry["payload"], first))
         outcomes.append(_summary(request_id, row))
     await broker.start(conn, started)
     return outcomes
@@ -88,25 +107,24 @@ def _new_execution(request: ExecutionRequest, entry: dict[str, Any]) -> dict[str
         "path": entry["path"],
         "version": entry["version"],
         "type": request.type,
-        "status": RUNNING,
-        "workload": playbook.workload(entry["payload"], request.parameters, request.merge),
+        "status": ExecutionStatus.RUNNING,
+        "workload": workload(entry["payload"], request.parameters, request.merge),
         "parameters": request.parameters,
         "merge": request.merge,
         "parent_execution_id": parent.parent_execution_id,
         "parent_event_id": parent.parent_event_id,
         "parent_step": parent.parent_step,
         "metadata": request.metadata,
+        "depth": 0,
     }
 
 
 async def cancel(conn: AsyncConnection, request_id: str, request: CancelCommand) -> Outcome:
+    """Cancel a live execution; cancelling one that has ended is harmless (its summary)."""
     execution_id = _numeric(request.execution_id)
-    row = await store.cancel(conn, execution_id) if execution_id is not None else None
-    if row is not None:
-        await job_store.abandon_active(conn, row["execution_id"])
-        await add_events(conn, [execution_event(row, "execution_cancelled", reason=request.reason)])
-    elif execution_id is not None:
-        row = await store.get(conn, execution_id)  # already ended: cancelling again is harmless
+    if execution_id is not None:
+        await broker.cancel(conn, execution_id, request.reason)
+    row = await store.get(conn, execution_id) if execution_id is not None else None
     if row is None:
         return Outcome.failed(request_id, "not_found", f"execution not found: {request.execution_id!r}")
     return _summary(request_id, row)
@@ -119,6 +137,11 @@ def _summary(request_id: str, row: dict[str, Any]) -> Outcome:
 async def report(conn: AsyncConnection, request_id: str, step_report: StepReport) -> Outcome:
     """A worker's report about a job, applied through the broker's state machine."""
     return Outcome(request_id=request_id, result={"status": await broker.apply_report(conn, step_report)})
+
+
+async def child_done(conn: AsyncConnection, request_id: str, outcome: ChildFinished) -> Outcome:
+    """A child execution's end, sent by the broker to itself through the outbox."""
+    return Outcome(request_id=request_id, result={"status": await broker.child_finished(conn, outcome)})
 
 
 async def dead_job(conn: AsyncConnection, request_id: str, dead: DeadJob) -> Outcome:
@@ -140,13 +163,14 @@ _apply_by_type = by_type(
         subjects.command_type(subjects.EXECUTION_CANCEL): each(CancelCommand, cancel),
         subjects.command_type(subjects.EXECUTION_REPORT): each(StepReport, report),
         subjects.command_type(subjects.EXECUTION_DEAD_JOB): each(DeadJob, dead_job),
+        subjects.command_type(subjects.EXECUTION_CHILD_DONE): each(ChildFinished, child_done),
     }
 )
 
 
 def _lock_key(command: Command) -> int:
     """The execution a command locks (0 for none: a run makes a new one, a dead job locks none)."""
-    value = command.payload.get("execution_id")
+    value = command.payload.get("execution_id", command.payload.get("parent_execution_id"))
     return (_numeric(str(value)) if value is not None else None) or 0
 
 
@@ -160,16 +184,6 @@ async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list
     return [aligned[i] for i in range(len(commands))]
 
 
-def _event(row: dict[str, Any], execution_id: int) -> ExecutionEvent:
-    return ExecutionEvent(
-        event_id=row["event_id"],
-        execution_id=execution_id,
-        event_type=row["type"],
-        timestamp=row["created_at"],
-        payload=row["payload"],
-    )
-
-
 async def _execution(conn: AsyncConnection, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     raw = str(payload.get("execution_id", ""))
     execution_id = _numeric(raw)
@@ -179,9 +193,12 @@ async def _execution(conn: AsyncConnection, payload: dict[str, Any]) -> tuple[in
     return row["execution_id"], row
 
 
+async def _events(conn: AsyncConnection, execution_id: int) -> list[ExecutionEvent]:
+    return [ExecutionEvent.from_row(row, execution_id) for row in await store.events(conn, execution_id)]
+
+
 async def detail(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     execution_id, row = await _execution(conn, payload)
-    events = [_event(e, execution_id) for e in await store.events(conn, execution_id)]
     summary = ExecutionResponse.from_row(row).model_dump()
     return ExecutionDetail(
         **summary,
@@ -190,17 +207,23 @@ async def detail(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
         parent_event_id=row["parent_event_id"],
         parent_step=row["parent_step"],
         metadata=row["metadata"],
-        events=events,
+        events=await _events(conn, execution_id),
     ).model_dump(mode="json")
 
 
 async def events(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     execution_id, _ = await _execution(conn, payload)
-    rows = await store.events(conn, execution_id)
-    return {
-        "execution_id": str(execution_id),
-        "events": [_event(e, execution_id).model_dump(mode="json") for e in rows],
-    }
+    return EventsByExecution(execution_id=execution_id, events=await _events(conn, execution_id)).model_dump(
+        mode="json"
+    )
+
+
+async def summary(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """Events by type and the last action errors, as the original's `/api/events/summary`."""
+    execution_id, _ = await _execution(conn, payload)
+    counts, errors = await store.event_summary(conn, execution_id)
+    found = Summary(execution_id=execution_id, counts=counts, errors=[EventError(**e) for e in errors])
+    return ExecutionSummary(summary=found).model_dump(mode="json")
 
 
 async def listing(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
@@ -218,9 +241,14 @@ QUERIES = {
     subjects.QUERY_EXECUTIONS: listing,
     subjects.QUERY_EXECUTION: detail,
     subjects.QUERY_EXECUTION_EVENTS: events,
+    subjects.QUERY_EXECUTION_SUMMARY: summary,
 }
 
 
 DOMAIN = Domain(
-    durable="execution-commands", commands=subjects.EXECUTION_COMMANDS, apply=apply_commands, queries=QUERIES
+    durable="execution-commands",
+    commands=subjects.EXECUTION_COMMANDS,
+    apply=apply_commands,
+    queries=QUERIES,
+    configure=broker.configure,
 )

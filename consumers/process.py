@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 
 from psycopg_pool import AsyncConnectionPool
 
-from consumers import catalog, credentials, execution, queries, runtime
+from consumers import catalog, offload, credentials, execution, queries, runtime
 from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
@@ -44,6 +44,8 @@ class Context:
 
 def start_domain(domain: Domain) -> Starter:
     async def start(ctx: Context) -> list[Awaitable[None]]:
+        if domain.configure is not None:
+            domain.configure(ctx.settings)
         commands = domain.consumer(ctx.bus, ctx.pool, ctx.settings)
         ctx.on_stop.append(commands.stop)
         await queries.serve(ctx.bus, ctx.pool, {**queries.OUTCOME_QUERIES, **domain.queries})
@@ -127,6 +129,7 @@ async def run(
                 if not task.cancelling():
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            offload.shutdown()
 
 
 # How often a consumer process looks for reference cycles (see `run_process`).

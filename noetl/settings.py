@@ -12,6 +12,8 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from noetl.playbook.document import Limits
+
 
 class PostgresEnv(BaseSettings):
     """The usual libpq-style `POSTGRES_*` variables, used when no DSN is given."""
@@ -62,6 +64,23 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(512, ge=1, le=4096)
     consumer_max_deliver: int = Field(5, ge=1)
     consumer_ack_wait: float = Field(30.0, gt=0)
+
+    # What one playbook and one run may weigh (`noetl.playbook.document.Limits`, the engine).
+    limit_playbook_steps: int = Field(5_000, ge=1)
+    limit_playbook_values: int = Field(200_000, ge=1)
+    limit_playbook_depth: int = Field(64, ge=2, le=900)
+    limit_steps_per_execution: int = Field(10_000, ge=1)
+    limit_loop_items: int = Field(100_000, ge=1)
+    limit_playbook_nesting: int = Field(16, ge=1)
+    limit_result_bytes: int = Field(512 * 1024, ge=1024)
+    worker_data_dir: str | None = None  # DuckDB files; default: a `noetl` directory under the temp dir
+
+    def playbook_limits(self) -> Limits:
+        return Limits(
+            max_nodes=self.limit_playbook_values,
+            max_depth=self.limit_playbook_depth,
+            max_steps=self.limit_playbook_steps,
+        )
 
     def database_dsn(self) -> str:
         dsn = self.pg_dsn or PostgresEnv().dsn()

@@ -31,8 +31,9 @@ pytest.register_assert_rewrite("workers_support")
 from workers_support import (  # noqa: E402
     HELLO_PATH,
     LEASE_SECONDS,
-    STEP_EVENTS,
+    ACTION_EVENTS,
     WorkerStack,
+    action_events,
     events_of,
     playbook,
     process_gone,
@@ -43,7 +44,7 @@ from workers_support import (  # noqa: E402
 
 pytest_plugins = ["workers_support"]
 
-ECHO = "def main(**data):\n    return {'status': 'success', 'data': data}\n"
+ECHO = "def main(**data):\n    data.pop('context')\n    return {'status': 'success', 'data': data}\n"
 
 SLEEP = """
 def main(pid_file, seconds):
@@ -101,7 +102,7 @@ def pids_in(directory: Any) -> list[int]:
 
 def assert_step_events_carry_who(detail: dict[str, Any]) -> None:
     for event in events_of(detail):
-        if event["type"] in STEP_EVENTS:
+        if event["type"] in ACTION_EVENTS:
             assert event.get("step"), event
             assert isinstance(event.get("attempt"), int) and event["attempt"] >= 1, event
             assert event.get("worker"), event
@@ -120,30 +121,58 @@ async def test_hello_world_completes_with_its_result(wx: WorkerStack) -> None:
     assert detail["error"] is None
     assert detail["progress"] == 100
     assert detail["end_time"] is not None
-    assert types_of(detail) == [
-        "execution_start",
-        "step_started",
-        "action_started",
-        "action_completed",
-        "step_completed",
-        "execution_complete",
+    assert [(e["type"], e["step"]) for e in events_of(detail)] == [
+        ("execution_start", None),
+        ("step_started", "start"),
+        ("step_completed", "start"),
+        ("step_started", "greet"),
+        ("action_started", "greet"),
+        ("action_completed", "greet"),
+        ("step_completed", "greet"),
+        ("step_started", "end"),
+        ("step_completed", "end"),
+        ("execution_complete", None),
     ]
     for event in events_of(detail, step="greet"):
-        assert event["attempt"] == 1, event
-        assert wx.main.ran(event["worker"]), event
-    # Each event's status is that of what it is about: the step's, then the execution's.
-    assert [e["payload"]["status"] for e in detail["events"]] == [
-        "running",
-        "running",
-        "running",
-        "completed",
-        "completed",
-        "completed",
+        if event["type"].startswith("action_"):
+            assert event["attempt"] == 1, event
+            assert wx.main.ran(event["worker"]), event
+    # Each event's status is that of what it is about (NoETL's spelling): the step's, then the
+    # execution's; node_type is the step's type, `playbook` for the execution's own events.
+    assert [(e["status"], e["node_type"]) for e in detail["events"]] == [
+        ("STARTED", "playbook"),
+        ("RUNNING", "start"),
+        ("COMPLETED", "start"),
+        ("RUNNING", "python"),
+        ("RUNNING", "python"),
+        ("COMPLETED", "python"),
+        ("COMPLETED", "python"),
+        ("RUNNING", "end"),
+        ("COMPLETED", "end"),
+        ("COMPLETED", "playbook"),
     ]
-    (completed,) = events_of(detail, "step_completed")
+    fields = {"event_id", "event_type", "node_id", "node_name", "node_type", "status", "duration", "timestamp",
+              "created_at", "context", "result", "error", "current_index", "current_item", "worker_id",
+              "parent_event_id"}
+    for event in detail["events"]:
+        assert fields <= event.keys(), event
+        assert isinstance(event["event_id"], str)
+    by_id = {e["event_id"]: e for e in detail["events"]}
+    started, action_started, action_completed, completed = events_of(detail, step="greet")
+    assert started["node_id"] == f"{execution_id}:greet"
+    # Each event names its cause: the step's events its start, the start the step before it.
+    assert by_id[started["parent_event_id"]]["event_type"] == "step_completed"
+    for event in (action_started, action_completed, completed):
+        assert event["parent_event_id"] == started["event_id"], event
+    assert action_started["context"] == {"input": {"message": "Hello World"}}
     assert completed["result"] == {"status": "success", "data": {"message": "Hello World"}}
+    assert completed["duration"] >= action_completed["duration"] >= 0
+    # Times are when things happened, each event its own.
+    times = [datetime.fromisoformat(e["timestamp"]) for e in (started, action_started, action_completed, completed)]
+    assert times == sorted(times) and len(set(times)) > 1, times
     (complete,) = events_of(detail, "execution_complete")
     assert complete["result"] == detail["result"]
+    assert complete["node_name"] == "hello_world" and complete["node_id"] == execution_id
 
     # A subscriber of the events stream sees the same story, in order.
     async def published() -> list[str] | None:
@@ -206,7 +235,7 @@ async def test_templates_see_workload_execution_id_and_finished_steps(wx: Worker
             "plain": "no template here",
         },
     }
-    assert [e["step"] for e in events_of(detail, "step_completed")] == ["greet", "use"]
+    assert [e["step"] for e in action_events(detail, "step_completed")] == ["greet", "use"]
 
 
 async def test_when_takes_true_branches_and_skips_false_ones(wx: WorkerStack) -> None:
@@ -269,9 +298,9 @@ async def test_when_takes_true_branches_and_skips_false_ones(wx: WorkerStack) ->
 
     assert detail["status"] == "completed", detail
     assert detail["progress"] == 100
-    started = sorted(e["step"] for e in events_of(detail, "step_started"))
+    started = sorted(e["step"] for e in action_events(detail, "step_started"))
     assert started == sorted(["probe", *true_when])
-    completed = sorted(e["step"] for e in events_of(detail, "step_completed"))
+    completed = sorted(e["step"] for e in action_events(detail, "step_completed"))
     assert completed == started
     # The result is the last finished step's: one of the branches.
     assert detail["result"]["data"]["me"] in true_when
@@ -315,7 +344,7 @@ async def test_fan_out_runs_branches_in_parallel(wx: WorkerStack) -> None:
     detail = await wx.finished(await wx.run(path))
 
     assert detail["status"] == "completed", detail
-    completed = {e["step"]: e for e in events_of(detail, "step_completed")}
+    completed = {e["step"]: e for e in action_events(detail, "step_completed")}
     assert set(completed) == {"left", "right", "after_left"}
     assert completed["left"]["result"]["data"] == {"branch": "left"}
     assert completed["right"]["result"]["data"] == {"branch": "right"}
@@ -426,10 +455,10 @@ async def test_http_steps_against_a_local_server(wx: WorkerStack) -> None:
                     "use",
                     ECHO,
                     data={
-                        "echo": "{{ call.data.body }}",
-                        "status": "{{ call.data.status_code }}",
-                        "soft_status": "{{ soft.data.status_code }}",
-                        "soft_body": "{{ soft.data.body }}",
+                        "echo": "{{ call.data }}",
+                        "status": "{{ call.status_code }}",
+                        "soft_status": "{{ soft.status_code }}",
+                        "soft_body": "{{ soft.data }}",
                     },
                     next=to_end(),
                 ),
@@ -472,7 +501,11 @@ async def test_http_steps_against_a_local_server(wx: WorkerStack) -> None:
         "soft_body": "down for maintenance",
     }
     (call,) = events_of(ok, "step_completed", "call")
-    assert call["result"]["data"]["headers"]["content-type"] == "application/json"
+    # NoETL's http result: the response's status, headers, url and time, and its body as `data`.
+    assert call["result"]["headers"]["content-type"] == "application/json"
+    assert call["result"]["status_code"] == 200
+    assert call["result"]["url"] == f"{base}/echo?q=1"
+    assert call["result"]["elapsed"] >= 0
 
     assert failing["status"] == "failed", failing
     assert "503" in failing["error"] and "call" in failing["error"], failing["error"]
@@ -492,7 +525,10 @@ FAILURES = {
         {"code": "def main():\n    return {'status': 'error', 'error': 'the data was bad'}\n"},
         ["the data was bad"],
     ),
-    "no-main": ({"code": "x = 1\n"}, ["does not define main"]),
+    "missing-input": (
+        {"code": "def main(absent):\n    return absent\n"},
+        ["missing 1 required positional argument", "absent"],
+    ),
     "template": (
         {"code": ECHO, "data": {"value": "{{ workload.missing_key }}"}},
         ["cannot render", "missing_key"],
@@ -524,16 +560,13 @@ async def test_a_failing_step_fails_the_execution_and_the_worker_keeps_serving(
     assert "bad" in detail["error"], detail["error"]
     for text in expected:
         assert text in detail["error"], detail["error"]
-    assert types_of(detail) == [
-        "execution_start",
-        "step_started",
-        "action_started",
-        "action_error",
-        "step_failed",
-        "execution_failed",
-    ]
+    assert types_of(detail, "bad") == ["step_started", "action_started", "action_error", "step_failed"]
+    assert types_of(detail)[-1] == "execution_failed"
+    assert "after" not in {e["step"] for e in events_of(detail, "step_started")}
+    (error,) = events_of(detail, "action_error")
+    assert error["step"] == "bad" and error["attempt"] == 1 and wx.main.ran(error["worker"]), error
     (failed,) = events_of(detail, "step_failed")
-    assert failed["step"] == "bad" and failed["attempt"] == 1 and wx.main.ran(failed["worker"]), failed
+    assert failed["step"] == "bad" and failed["status"] == "FAILED", failed
     assert all(text in failed["error"] for text in expected), failed
     assert_step_events_carry_who(detail)
 
@@ -565,7 +598,7 @@ async def test_retries_count_attempts_and_succeed_on_a_later_one(wx: WorkerStack
     assert detail["result"] == {"status": "success", "data": {"attempts": 3}}
     assert counter.read_text() == "3"
     assert [(e["type"], e["attempt"]) for e in events_of(detail, step="flaky")] == [
-        ("step_started", 1),
+        ("step_started", None),
         ("action_started", 1),
         ("action_error", 1),
         ("action_started", 2),
@@ -603,7 +636,7 @@ async def test_retries_exhausted_fail_the_execution(wx: WorkerStack) -> None:
     assert "RuntimeError: attempt 2 fails" in detail["error"], detail["error"]
     assert counter.read_text() == "2"  # exactly max_attempts runs
     assert [(e["type"], e["attempt"]) for e in events_of(detail, step="flaky")] == [
-        ("step_started", 1),
+        ("step_started", None),
         ("action_started", 1),
         ("action_error", 1),
         ("action_started", 2),
@@ -682,7 +715,8 @@ async def test_cancel_stops_the_running_step(wx: WorkerStack) -> None:
     assert detail["status"] == "cancelled", detail
     types = types_of(detail)
     assert types.count("execution_cancelled") == 1, types
-    assert not {"action_completed", "step_completed", "execution_complete", "execution_failed"} & set(types)
+    assert not {"execution_complete", "execution_failed"} & set(types)
+    assert types_of(detail, "nap") == ["step_started", "action_started"]
     assert "after" not in {e["step"] for e in events_of(detail, "step_started")}
     job = await wx.db.one(
         "SELECT status FROM jobs WHERE execution_id = %s AND step = 'nap'", int(execution_id)
@@ -750,12 +784,31 @@ REFUSED = {
         ),
         ["missing", "ghost"],
     ),
-    "no-start": (
+    "no-main": (
+        playbook("tests/workers/refused-nomain", [python_step("begin", "x = 1\n", next=to_end()), {"step": "end"}]),
+        ["begin", "does not define main"],
+    ),
+    "python-syntax": (
+        playbook("tests/workers/refused-syntax", [python_step("begin", "def main(:\n", next=to_end()), {"step": "end"}]),
+        ["begin", "does not compile", "line 1"],
+    ),
+    "template-syntax": (
         playbook(
-            "tests/workers/refused-nostart",
-            [python_step("begin", ECHO, next=to_end()), {"step": "end"}],
+            "tests/workers/refused-template",
+            [python_step("begin", ECHO, data={"x": "{{ workload.x }"}, next=to_end()), {"step": "end"}],
         ),
-        ["start"],
+        ["begin", "does not parse"],
+    ),
+    "unknown-type": (
+        playbook("tests/workers/refused-type", [{"step": "begin", "type": "cobol", "next": to_end()}, {"step": "end"}]),
+        ["begin", "unknown type 'cobol'"],
+    ),
+    "retry-not-a-number": (
+        playbook(
+            "tests/workers/refused-retry",
+            [python_step("begin", ECHO, retry={"max_attempts": "x"}, next=to_end()), {"step": "end"}],
+        ),
+        ["begin", "retry.max_attempts"],
     ),
     "cycle-without-exit": (_cycle_without_exit(), ["cycle", "ping", "pong"]),
 }
@@ -845,7 +898,9 @@ async def test_a_worker_killed_mid_step_and_the_execution_completes_once_on_anot
     assert survivor is not victim and survivor.runtime == runtime
 
     # A late report of the dead attempt (its first delivery) says it completed: it changes nothing.
-    job = await wx.db.one("SELECT job_id, delivery FROM jobs WHERE execution_id = %s", int(execution_id))
+    job = await wx.db.one(
+        "SELECT job_id, delivery FROM jobs WHERE execution_id = %s AND step = 'work'", int(execution_id)
+    )
     assert job is not None and job["delivery"] >= 2, job
     late = StepReport(
         job_id=str(job["job_id"]),
@@ -873,18 +928,18 @@ async def test_a_worker_killed_mid_step_and_the_execution_completes_once_on_anot
     assert outcome["result"]["status"].startswith("ignored"), outcome
     still = await wx.detail(execution_id)
     assert still["status"] == "running", still
-    assert not events_of(still, "step_completed")
+    assert not events_of(still, "step_completed", "work")
 
     release.touch()
     detail = await wx.finished(execution_id)
     assert detail["status"] == "completed", detail
-    (completed,) = events_of(detail, "step_completed")
+    (completed,) = events_of(detail, "step_completed", "work")
     assert survivor.ran(completed["worker"]), completed
     assert completed["result"]["data"]["tag"] == "real"
     assert detail["result"] == completed["result"]
     assert types_of(detail).count("execution_complete") == 1
     assert len(events_of(detail, "action_started")) == 2  # one per delivery: no third one
-    assert len(events_of(detail, "step_started")) == 1
+    assert len(events_of(detail, "step_started", "work")) == 1
     row = await wx.db.one(
         "SELECT status, worker, delivery, result FROM jobs WHERE job_id = %s", job["job_id"]
     )
@@ -919,7 +974,9 @@ async def test_a_step_whose_worker_dies_on_every_delivery_fails_the_execution(wx
     assert not events_of(detail, "action_started", "crash")  # it died before its start was told
     (failed,) = events_of(detail, "step_failed", "crash")
     assert "delivered 2 times" in failed["error"]
-    row = await wx.db.one("SELECT status, delivery FROM jobs WHERE execution_id = %s", int(execution_id))
+    row = await wx.db.one(
+        "SELECT status, delivery FROM jobs WHERE execution_id = %s AND step = 'crash'", int(execution_id)
+    )
     assert row is not None and row["status"] == "failed" and row["delivery"] == 2, row
 
 
@@ -955,7 +1012,7 @@ async def test_a_step_reports_its_start_apart_only_when_it_runs_long(wx: WorkerS
     reports = await wx.db.all(
         "SELECT j.step, p.outcome->'result'->>'status' AS kind FROM jobs j"
         " JOIN processed_commands p ON p.request_id LIKE 'job-' || j.job_id || '-%%'"
-        " WHERE j.execution_id = %s ORDER BY p.processed_at",
+        " WHERE j.execution_id = %s AND j.kind = 'action' ORDER BY p.processed_at",
         int(detail["execution_id"]),
     )
     assert [(r["step"], r["kind"]) for r in reports] == [
@@ -964,7 +1021,7 @@ async def test_a_step_reports_its_start_apart_only_when_it_runs_long(wx: WorkerS
         ("slow", "completed"),
     ]
     slow = [
-        datetime.fromisoformat(e["timestamp"]) for e in detail["events"] if e["payload"].get("step") == "slow"
+        datetime.fromisoformat(e["timestamp"]) for e in events_of(detail, step="slow")
     ]
     assert (slow[2] - slow[1]).total_seconds() >= 0.4  # its start was told while it ran
 
@@ -1007,7 +1064,7 @@ async def test_a_pool_runs_at_most_capacity_jobs_at_once(wx: WorkerStack) -> Non
     release.touch()
     detail = await wx.finished(execution_id)
     assert detail["status"] == "completed", detail
-    assert sorted(e["step"] for e in events_of(detail, "step_completed")) == branches
+    assert sorted(e["step"] for e in action_events(detail, "step_completed")) == branches
 
 
 async def _pool_status(wx: WorkerStack, runtime: str) -> dict[str, str]:
@@ -1067,7 +1124,7 @@ async def test_a_stopped_worker_finishes_its_step_takes_no_new_jobs_and_deregist
     assert slow["status"] == "completed", slow
     assert slow["result"]["data"] == {"slept": LEASE_SECONDS * 1.5}
     assert len(events_of(slow, "action_started")) == 1  # neither redelivered nor handed back
-    (completed,) = events_of(slow, "step_completed")
+    (completed,) = events_of(slow, "step_completed", "slow")
     assert stopping.ran(completed["worker"]) and completed["attempt"] == 1, completed
 
     assert await stopping.exited(30) == 0
@@ -1123,7 +1180,7 @@ async def test_a_stopped_worker_hands_back_a_step_that_outlives_the_grace_period
     release.touch()
     detail = await wx.finished(execution_id)
     assert detail["status"] == "completed", detail
-    (completed,) = events_of(detail, "step_completed")
+    (completed,) = events_of(detail, "step_completed", "work")
     assert taker.ran(completed["worker"]), completed
     assert not [e for e in events_of(detail, "action_completed") if stopping.ran(e["worker"])]
     assert types_of(detail).count("execution_complete") == 1

@@ -42,14 +42,8 @@ WORKER_ENV = {
 STACK_CONSUMERS = ["runtime", "catalog", "execution", "credentials", "outbox"]
 DOMAIN_TABLES = ("jobs", "executions", "catalog", "catalog_paths")
 
-STEP_EVENTS = (
-    "step_started",
-    "action_started",
-    "action_completed",
-    "action_error",
-    "step_completed",
-    "step_failed",
-)
+# The events a worker's attempt causes: each names the step, the attempt and the worker.
+ACTION_EVENTS = ("action_started", "action_completed", "action_error")
 
 # The contract's playbook, verbatim.
 HELLO_PATH = "examples/hello_world"
@@ -276,16 +270,37 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def flat(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the tests read it: its fields, with `type`, and its step, attempt and worker."""
+    meta = event.get("meta") or {}
+    return {
+        **event,
+        "type": event["event_type"],
+        "step": event["node_name"] if event["node_type"] != "playbook" else None,
+        "attempt": meta.get("attempt"),
+        "job_id": meta.get("job_id"),
+        "worker": event["worker_id"],
+    }
+
+
 def events_of(detail: dict[str, Any], event_type: str | None = None, step: str | None = None) -> list[dict]:
-    """The execution's events (type and payload), oldest first, filtered by type and step."""
+    """The execution's events, oldest first, filtered by type and step."""
     found = []
-    for event in detail["events"]:
-        if event_type is not None and event["event_type"] != event_type:
+    for event in map(flat, detail["events"]):
+        if event_type is not None and event["type"] != event_type:
             continue
-        if step is not None and event["payload"].get("step") != step:
+        if step is not None and event["step"] != step:
             continue
-        found.append({"type": event["event_type"], **event["payload"]})
+        found.append(event)
     return found
+
+
+CONTROL_NODES = ("start", "end", "router")
+
+
+def action_events(detail: dict[str, Any], event_type: str) -> list[dict]:
+    """The events of one type about steps that do work (not start, end or routers)."""
+    return [e for e in events_of(detail, event_type) if e["node_type"] not in CONTROL_NODES and e["step"]]
 
 
 def types_of(detail: dict[str, Any], step: str | None = None) -> list[str]:

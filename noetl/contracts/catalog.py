@@ -19,21 +19,19 @@ class InvalidContent(BadRequest):
     """The body carries no usable playbook text: a 400."""
 
 
-class CatalogRegistration(BaseModel):
+class PlaybookText(BaseModel):
+    """A playbook's YAML as a client sends it: `content`, or `content_base64`."""
+
     model_config = ConfigDict(extra="ignore")
 
     content_base64: str | None = None
     content: str | None = None
     resource_type: str = Field("Playbook", min_length=1, max_length=64)
 
-    @model_validator(mode="after")
-    def _some_content(self) -> CatalogRegistration:
-        if not (self.content_base64 or self.content):
-            raise ValueError("content_base64 or content is required")
-        return self
-
     def text(self) -> str:
         """The YAML text, decoded from base64 if that is how it came."""
+        if not (self.content_base64 or self.content):
+            raise InvalidContent("Content is required: content or content_base64")
         if self.content:
             text = self.content
         else:
@@ -44,6 +42,14 @@ class CatalogRegistration(BaseModel):
         if "\x00" in text:
             raise InvalidContent("the content must not contain the NUL character")
         return text
+
+
+class CatalogRegistration(PlaybookText):
+    @model_validator(mode="after")
+    def _some_content(self) -> CatalogRegistration:
+        if not (self.content_base64 or self.content):
+            raise ValueError("content_base64 or content is required")
+        return self
 
 
 class CatalogCommand(BaseModel):
@@ -80,3 +86,12 @@ class CatalogList(BaseModel):
 class CatalogLookup(BaseModel):
     path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
     version: int | None = None
+
+
+class PlaybookCheck(BaseModel):
+    """`POST /api/catalog/playbooks/validate`: whether the text would register, and why not."""
+
+    valid: bool
+    errors: list[str]
+    path: str | None = None
+    steps: int | None = None

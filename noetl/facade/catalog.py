@@ -14,6 +14,8 @@ from noetl.contracts.catalog import (
     CatalogList,
     CatalogRegistered,
     CatalogRegistration,
+    PlaybookCheck,
+    PlaybookText,
 )
 from noetl.facade.dispatch import Bus
 from noetl.facade.runtime import COMMAND_ERRORS
@@ -31,6 +33,18 @@ Version = Annotated[str, Query(pattern=r"^(latest|[1-9][0-9]{0,8})$", descriptio
 async def register(body: CatalogRegistration, bus: Bus) -> JSONResponse:
     command = CatalogCommand(content=body.text(), resource_type=body.resource_type)
     return await bus.command(subjects.CATALOG_REGISTER, command.model_dump())
+
+
+@router.post(
+    "/playbooks/validate",
+    response_model=PlaybookCheck,
+    responses={400: {"description": "No content, or content that is not base64 of UTF-8 text"}},
+)
+async def validate_playbook(body: PlaybookText, bus: Bus) -> JSONResponse:
+    """Check a playbook as registration would, without registering it."""
+    return await bus.query(
+        subjects.QUERY_CATALOG_VALIDATE, {"content": body.text(), "resource_type": body.resource_type}
+    )
 
 
 @router.get("/list", response_model=CatalogList)

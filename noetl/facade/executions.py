@@ -13,10 +13,12 @@ from noetl.bus import subjects
 from noetl.bus.events import follow
 from noetl.contracts.execution import (
     CancelCommand,
+    EventsByExecution,
     ExecutionDetail,
     ExecutionList,
     ExecutionRequest,
     ExecutionResponse,
+    ExecutionSummary,
 )
 from noetl.facade.dispatch import Bus
 from noetl.facade.runtime import COMMAND_ERRORS
@@ -59,9 +61,25 @@ async def get_execution(execution_id: str, bus: Bus) -> JSONResponse:
     return await bus.query(subjects.QUERY_EXECUTION, {"execution_id": execution_id})
 
 
-@router.get("/executions/{execution_id}/events", responses=NOT_FOUND)
+@router.get("/executions/{execution_id}/events", response_model=EventsByExecution, responses=NOT_FOUND)
 async def get_execution_events(execution_id: str, bus: Bus) -> JSONResponse:
     return await bus.query(subjects.QUERY_EXECUTION_EVENTS, {"execution_id": execution_id})
+
+
+@router.get(
+    "/events/by-execution/{execution_id}",
+    response_model=EventsByExecution,
+    responses=NOT_FOUND,
+    summary="An execution's events (the original's path)",
+)
+async def get_events_by_execution(execution_id: str, bus: Bus) -> JSONResponse:
+    return await bus.query(subjects.QUERY_EXECUTION_EVENTS, {"execution_id": execution_id})
+
+
+@router.get("/events/summary/{execution_id}", response_model=ExecutionSummary, responses=NOT_FOUND)
+async def get_execution_summary(execution_id: str, bus: Bus) -> JSONResponse:
+    """An execution's events counted by type, and its last three action errors."""
+    return await bus.query(subjects.QUERY_EXECUTION_SUMMARY, {"execution_id": execution_id})
 
 
 @router.post(

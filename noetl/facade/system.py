@@ -17,6 +17,7 @@ RequestId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z
 
 
 @router.get("/health")
+@router.get("/api/health", summary="Health (the original's path)")
 async def health() -> dict[str, str]:
     """The facade is up (it says nothing of the bus)."""
     return {"status": "ok"}

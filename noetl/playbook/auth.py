@@ -72,3 +72,38 @@ def _item(alias: str | None, spec: Any) -> AuthItem:
 def credential_names(auth: Any) -> set[str]:
     """The credentials that a rendered `auth` value asks for."""
     return {item.key for item in items(auth) if item.source == "credential" and item.key}
+
+
+def secret_provider(value: Any) -> str:
+    """A `secrets` step's provider: `credential` (the store), `env` (the worker's environment),
+    or a cloud secret manager's name (not reachable here)."""
+    name = str(value).strip().lower()
+    if name in ("credential", "credentials", "noetl", "local"):
+        return "credential"
+    return "env" if name in ("env", "environment") else name
+
+
+# A `secrets` step's result holds a reference, never the value: the worker of a later step that
+# reads it fetches the value itself, so secrets are kept nowhere but where they are used.
+SECRET_REF = "$noetl_secret"
+
+
+def secret_ref(source: str, key: str, field: str | None) -> dict[str, Any]:
+    return {SECRET_REF: {"source": source, "key": key, "field": field}}
+
+
+def secret_refs(value: Any) -> list[dict[str, Any]]:
+    """Every secret reference inside a value."""
+    found: list[dict[str, Any]] = []
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            ref = item.get(SECRET_REF)
+            if isinstance(ref, dict) and len(item) == 1:
+                found.append(ref)
+            else:
+                todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from noetl.playbook.document import PLAYBOOK_KIND, Limits, PlaybookError
+from noetl.playbook.document import PLAYBOOK_KIND, Limits, PlaybookError, catalog_path, load
 from noetl.playbook.parse import parse_step
 from noetl.playbook.steps import Branch, Next, Otherwise, Step, StepType
 from noetl.templates import render, truthy
@@ -129,3 +129,10 @@ def validate(document: Mapping[str, Any], resource_type: str, limits: Limits = L
     if kind != resource_type:
         raise PlaybookError(f"the document's kind is {kind!r}, not {resource_type!r}")
     return Workflow(document, limits) if resource_type == PLAYBOOK_KIND else None
+
+
+def read(text: str, resource_type: str, limits: Limits = Limits()) -> tuple[str, dict[str, Any]]:
+    """A registration's text as (catalog path, document), checked; or PlaybookError."""
+    document = load(text, limits)
+    validate(document, resource_type, limits)
+    return catalog_path(document), document

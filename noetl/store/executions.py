@@ -23,6 +23,7 @@ COLUMNS = (
     ("parent_event_id", "text"),
     ("parent_step", "text"),
     ("metadata", "jsonb"),
+    ("depth", "int"),
 )
 _NAMES = ", ".join(name for name, _ in COLUMNS)
 
@@ -75,10 +76,12 @@ async def finish(
     return await cur.fetchone()
 
 
-async def set_progress(conn: AsyncConnection, execution_id: int, progress: int) -> None:
+async def advance(conn: AsyncConnection, execution_id: int, *, steps: int, progress: int | None) -> None:
+    """Count the steps dispatched, and record the progress when it is known."""
     await conn.execute(
-        "UPDATE executions SET progress = %s, updated_at = now() WHERE execution_id = %s",
-        (progress, execution_id),
+        "UPDATE executions SET steps = steps + %s, progress = COALESCE(%s, progress), updated_at = now() "
+        "WHERE execution_id = %s",
+        (steps, progress, execution_id),
     )
 
 
@@ -122,3 +125,25 @@ ORDER BY event_id
 async def events(conn: AsyncConnection, execution_id: int) -> list[dict[str, Any]]:
     cur = await conn.execute(EVENTS, (execution_id,))
     return await cur.fetchall()
+
+
+EVENT_COUNTS = """
+SELECT type, count(*) AS n FROM events
+WHERE entity ->> 'domain' = 'execution' AND (entity ->> 'execution_id')::bigint = %s
+GROUP BY type ORDER BY type
+"""
+
+LAST_ERRORS = """
+SELECT payload ->> 'node_name' AS node_name, payload ->> 'error' AS error, created_at FROM events
+WHERE entity ->> 'domain' = 'execution' AND (entity ->> 'execution_id')::bigint = %s
+  AND type = 'action_error'
+ORDER BY created_at DESC, event_id DESC LIMIT 3
+"""
+
+
+async def event_summary(conn: AsyncConnection, execution_id: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Events by type, and the last three action errors."""
+    cur = await conn.execute(EVENT_COUNTS, (execution_id,))
+    counts = {row["type"]: row["n"] for row in await cur.fetchall()}
+    cur = await conn.execute(LAST_ERRORS, (execution_id,))
+    return counts, await cur.fetchall()

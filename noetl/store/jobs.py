@@ -138,6 +138,7 @@ class ExecutionState:
     status: str
     parent_execution_id: str | None
     steps: int
+    depth: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ class JobState:
 
 
 LOCK_EXECUTION = """
-SELECT execution_id, catalog_id, path, version, status, parent_execution_id, steps
+SELECT execution_id, catalog_id, path, version, status, parent_execution_id, steps, depth
 FROM executions WHERE execution_id = %s FOR UPDATE
 """
 _JOB_COLUMNS = """job_id, execution_id, step, kind, status, node_type, delivery, attempt, cause_job_id,
@@ -337,16 +338,22 @@ async def progress(conn: AsyncConnection, execution_id: int) -> Progress:
 
 @dataclass(frozen=True, slots=True)
 class LoopState:
+    job_id: int
+    cause_job_id: int | None
+    start_event_id: int | None
+    started_at: datetime | None
     done: int
     total: int
     context: dict[str, Any] | None
 
 
-async def item_done(conn: AsyncConnection, loop_job_id: int) -> LoopState:
-    """Count one more finished item of a loop."""
+async def item_done(conn: AsyncConnection, loop_job_id: int, count: int = 1) -> LoopState:
+    """Count `count` more finished items of a loop (none: just read it)."""
     cur = conn.cursor(row_factory=class_row(LoopState))
     await cur.execute(
-        "UPDATE jobs SET done = done + 1 WHERE job_id = %s RETURNING done, total, context", (loop_job_id,)
+        "UPDATE jobs SET done = done + %s WHERE job_id = %s "
+        "RETURNING job_id, cause_job_id, start_event_id, started_at, done, total, context",
+        (count, loop_job_id),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -358,15 +365,17 @@ class PendingItem:
     job_id: int
     idx: int
     item: Any
+    credentials: list[str]
     dispatched_at: datetime
 
 
+# A child waits running; an action waits queued for a worker.
 DISPATCH_ITEMS = """
-UPDATE jobs SET status = 'queued', dispatched_at = now()
+UPDATE jobs SET status = CASE WHEN kind = 'playbook' THEN 'running' ELSE 'queued' END, dispatched_at = now()
 WHERE job_id = ANY(ARRAY(
     SELECT job_id FROM jobs WHERE loop_job_id = %s AND status = 'pending' ORDER BY idx LIMIT %s
 ))
-RETURNING job_id, idx, item, dispatched_at
+RETURNING job_id, idx, item, credentials, dispatched_at
 """
 
 
@@ -375,6 +384,10 @@ async def dispatch_items(conn: AsyncConnection, loop_job_id: int, count: int) ->
     cur = conn.cursor(row_factory=class_row(PendingItem))
     await cur.execute(DISPATCH_ITEMS, (loop_job_id, count))
     return sorted(await cur.fetchall(), key=lambda item: item.idx)
+
+
+async def waits_for(conn: AsyncConnection, job_id: int, child_execution_id: int) -> None:
+    await conn.execute("UPDATE jobs SET child_execution_id = %s WHERE job_id = %s", (child_execution_id, job_id))
 
 
 async def item_results(conn: AsyncConnection, loop_job_id: int) -> list[Any]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import tempfile
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,18 +23,24 @@ from pydantic import ValidationError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
-from noetl.bus.envelope import MSG_ID_HEADER, Command, Event
+from noetl.bus.envelope import MSG_ID_HEADER, Command, Event, utcnow
 from noetl.bus.pull import Puller
 from noetl.bus.streams import ensure_consumer, job_consumer
+from noetl.bus.requests import Requester
 from noetl.contracts.jobs import DeadJob, Job, ReportKind, StepReport
 from noetl.settings import Settings
 from noetl.worker.sandbox import SandboxPool
-from noetl.worker.steps import StepFailed, StepRunner, retry_of
+from noetl.worker.steps import Outcome, StepFailed, Tools, run_step, task_of
 
 log = logging.getLogger(__name__)
 
 LEASE_RENEW_FRACTION = 0.5
 STOP_SIGNALS = ("execution_cancelled", "execution_failed")
+
+
+def data_dir(settings: Settings) -> Path:
+    """Where steps keep files on this worker (DuckDB databases)."""
+    return Path(settings.worker_data_dir or Path(tempfile.gettempdir()) / "noetl")
 
 
 class JobRunner:
@@ -55,8 +64,17 @@ class JobRunner:
         await puller.start()
         for signal in STOP_SIGNALS:
             await self.bus.nc.subscribe(subjects.execution_events(None, signal), cb=self._on_execution_ended)
+        requester = Requester(self.bus)
+        await requester.subscribe(self.bus)
         async with httpx.AsyncClient() as http:
-            steps = StepRunner(self.sandboxes, http, self.settings.step_timeout_seconds)
+            steps = Tools(
+                sandboxes=self.sandboxes,
+                http=http,
+                requester=requester,
+                worker_id=self.worker,
+                data_dir=data_dir(self.settings),
+                default_timeout=self.settings.step_timeout_seconds,
+            )
             try:
                 await self._pull(puller, steps, stop, accepting)
             finally:
@@ -67,7 +85,7 @@ class JobRunner:
     async def _pull(
         self,
         puller: Puller,
-        steps: StepRunner,
+        steps: Tools,
         stop: asyncio.Event,
         accepting: Callable[[], bool],
     ) -> None:
@@ -93,7 +111,7 @@ class JobRunner:
             for msg in msgs:
                 await self._start(msg, steps)
 
-    async def _start(self, msg: Msg, steps: StepRunner) -> None:
+    async def _start(self, msg: Msg, steps: Tools) -> None:
         try:
             job = Job.model_validate(Event.model_validate_json(msg.data).payload)
         except ValidationError as exc:
@@ -109,13 +127,14 @@ class JobRunner:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker %s: job task failed", self.worker, exc_info=task.exception())
 
-    async def _handle(self, job: Job, msg: Msg, steps: StepRunner) -> None:
+    async def _handle(self, job: Job, msg: Msg, steps: Tools) -> None:
         delivery = msg.metadata.num_delivered
         if 1 < delivery >= self.settings.job_max_deliver:
             # No delivery after this one: a step whose worker died (or stopped) every time fails
             # here, instead of leaving its execution running with nobody to finish it.
             error = f"the step was delivered {delivery} times and never finished: its worker died or stopped"
-            await self._report(job, "exhausted", 1, delivery, error=error)
+            now = utcnow()
+            await self._report(job, "exhausted", 1, delivery, started_at=now, ended_at=now, error=error)
             await msg.ack()
             return
         lease = asyncio.ensure_future(self._renew(msg))
@@ -132,39 +151,48 @@ class JobRunner:
         finally:
             lease.cancel()
 
-    async def _attempts(self, job: Job, delivery: int, steps: StepRunner) -> None:
-        max_attempts, delay = retry_of(job)
-        for attempt in range(1, max_attempts + 1):
+    async def _attempts(self, job: Job, delivery: int, steps: Tools) -> None:
+        try:
+            retry = task_of(job).retry
+        except StepFailed as exc:
+            now = utcnow()
+            await self._report(job, "failed", 1, delivery, started_at=now, ended_at=now, error=str(exc))
+            return
+        for attempt in range(1, retry.max_attempts + 1):
+            started_at = utcnow()
             try:
-                result = await self._attempt(job, attempt, delivery, steps)
+                outcome = await self._attempt(job, attempt, delivery, steps, started_at)
             except StepFailed as exc:
-                if attempt < max_attempts:
-                    await self._report(job, "attempt_failed", attempt, delivery, error=str(exc))
-                    await asyncio.sleep(delay)
-                    continue
-                await self._report(job, "failed", attempt, delivery, error=str(exc))
-                return
-            await self._report(job, "completed", attempt, delivery, result=result)
+                kind: ReportKind = "attempt_failed" if attempt < retry.max_attempts else "failed"
+                await self._report(job, kind, attempt, delivery, started_at=started_at, ended_at=utcnow(), error=str(exc))
+                if kind == "failed":
+                    return
+                await asyncio.sleep(retry.delay_before(attempt + 1))
+                continue
+            await self._report(
+                job, "completed", attempt, delivery, started_at=started_at, ended_at=utcnow(),
+                result=outcome.result, saved=outcome.saved, input=outcome.input,
+            )
             return
 
-    async def _attempt(self, job: Job, attempt: int, delivery: int, steps: StepRunner) -> Any:
+    async def _attempt(self, job: Job, attempt: int, delivery: int, steps: Tools, started_at: datetime) -> Outcome:
         """Run one attempt. Its start is reported once it has run for the delay; an attempt that
         ends sooner carries its start in its final report (one command instead of two)."""
         ended = asyncio.Event()
-        start = asyncio.ensure_future(self._report_start_after_delay(job, attempt, delivery, ended))
+        start = asyncio.ensure_future(self._report_start_after_delay(job, attempt, delivery, ended, started_at))
         try:
-            return await steps.run(job)
+            return await run_step(job, steps, self.settings.limit_result_bytes)
         finally:
             ended.set()
             await start  # skipped, or already on its way: then it lands before the final report
 
     async def _report_start_after_delay(
-        self, job: Job, attempt: int, delivery: int, ended: asyncio.Event
+        self, job: Job, attempt: int, delivery: int, ended: asyncio.Event, started_at: datetime
     ) -> None:
         try:
             await asyncio.wait_for(ended.wait(), self.settings.worker_start_report_delay)
         except TimeoutError:
-            await self._report(job, "started", attempt, delivery)
+            await self._report(job, "started", attempt, delivery, started_at=started_at)
 
     async def _renew(self, msg: Msg) -> None:
         interval = self.settings.job_lease_seconds * LEASE_RENEW_FRACTION
@@ -181,9 +209,7 @@ class JobRunner:
         kind: ReportKind,
         attempt: int,
         delivery: int,
-        *,
-        result: object = None,
-        error: str | None = None,
+        **fields: Any,
     ) -> None:
         report = StepReport(
             job_id=job.job_id,
@@ -193,8 +219,7 @@ class JobRunner:
             attempt=attempt,
             delivery=delivery,
             worker=self.worker,
-            result=result,
-            error=error,
+            **fields,
         )
         await self._command(subjects.EXECUTION_REPORT, report.request_id(), report.model_dump(mode="json"))
 

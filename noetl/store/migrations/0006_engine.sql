@@ -30,4 +30,7 @@ CREATE INDEX jobs_items ON jobs (loop_job_id, idx) WHERE loop_job_id IS NOT NULL
 CREATE INDEX jobs_child ON jobs (child_execution_id) WHERE child_execution_id IS NOT NULL;
 
 -- Steps dispatched so far: a loop back to an earlier step runs again, up to a bound.
-ALTER TABLE executions ADD COLUMN steps integer NOT NULL DEFAULT 0;
+-- How deep in sub-playbooks an execution runs: a playbook that calls itself ends at a bound.
+ALTER TABLE executions
+    ADD COLUMN steps integer NOT NULL DEFAULT 0,
+    ADD COLUMN depth integer NOT NULL DEFAULT 0;

@@ -1,0 +1,35 @@
+"""CPU-heavy work (reading and checking a playbook) in a child process, off the event loop that
+applies everyone's commands: the heaviest playbook the limits allow takes a second of CPU, and
+registrations, heartbeats and reads keep being answered meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_pool: ProcessPoolExecutor | None = None
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the worker process (started on first use; started again if it died)."""
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
+    except BrokenProcessPool:
+        shutdown()
+        raise
+
+
+def shutdown() -> None:
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
