@@ -34,6 +34,7 @@ LIMITS = Limits()
 def configure(settings: Settings) -> None:
     global LIMITS
     LIMITS = settings.playbook_limits()
+    offload.start()
 
 
 Read = tuple[str, dict[str, Any]] | str
@@ -56,6 +57,16 @@ def read_all(texts: list[tuple[str, str]], limits: Limits) -> list[Read]:
     return found
 
 
+# Smaller texts are read here (a few milliseconds); larger ones in the offload process.
+INLINE_BYTES = 16 * 1024
+
+
+async def _read(texts: list[tuple[str, str]]) -> list[Read]:
+    if sum(len(text) for text, _ in texts) <= INLINE_BYTES:
+        return read_all(texts, LIMITS)
+    return await offload.run(read_all, texts, LIMITS)
+
+
 async def _parsed(commands: list[Command]) -> list[tuple[str, dict[str, Any], CatalogCommand] | Outcome]:
     """For each command (path, document, registration), or the outcome that refuses it."""
     registrations: dict[str, CatalogCommand] = {}
@@ -66,7 +77,7 @@ async def _parsed(commands: list[Command]) -> list[tuple[str, dict[str, Any], Ca
         except ValidationError as exc:
             refused[command.id] = invalid(command.id, exc)
     texts = [(r.content, r.resource_type) for r in registrations.values()]
-    read_back = dict(zip(registrations, await offload.run(read_all, texts, LIMITS) if texts else [], strict=True))
+    read_back = dict(zip(registrations, await _read(texts), strict=True))
     parsed: list[tuple[str, dict[str, Any], CatalogCommand] | Outcome] = []
     for command in commands:
         found = read_back.get(command.id)
@@ -138,7 +149,7 @@ async def get_entry(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str,
 async def validate(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     """Check a playbook without registering it (`POST /api/catalog/playbooks/validate`)."""
     check = CatalogCommand.model_validate(payload)
-    (found,) = await offload.run(read_all, [(check.content, check.resource_type)], LIMITS)
+    (found,) = await _read([(check.content, check.resource_type)])
     if isinstance(found, str):
         return PlaybookCheck(valid=False, errors=[found]).model_dump()
     path, document = found

@@ -16,13 +16,20 @@ T = TypeVar("T")
 _pool: ProcessPoolExecutor | None = None
 
 
-async def run(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in the worker process (started on first use; started again if it died)."""
+def start() -> ProcessPoolExecutor:
+    """The worker process, started now (in the background) if it is not running: a consumer
+    calls this at start-up, so its first registration does not wait for a Python to start."""
     global _pool
     if _pool is None:
         _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _pool.submit(int)
+    return _pool
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in the worker process (started again if it died)."""
     try:
-        return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(start(), fn, *args)
     except BrokenProcessPool:
         shutdown()
         raise

@@ -57,6 +57,12 @@ DETAIL_KEYS = RESPONSE_KEYS | {
     "metadata",
     "events",
 }
+# An execution's event as NoETL's clients read it.
+EVENT_KEYS = {
+    *("event_id", "execution_id", "event_type", "node_id", "node_name", "node_type", "status", "duration"),
+    *("timestamp", "created_at", "context", "result", "error", "current_index", "current_item", "worker_id"),
+    *("parent_event_id", "parent_execution_id", "meta"),
+}
 HELLO_PATH = "examples/hello_world"
 HELLO_WORKLOAD = {"message": "Hello World", "nested": {"a": 1, "b": 2}, "list": [1, 2]}
 

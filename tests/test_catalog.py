@@ -161,7 +161,6 @@ async def test_missing_or_wrong_content_is_422(xstack: Stack, db: Db, body: dict
         ({"content": "kind: Playbook\nmetadata: {}\nworkflow: [{step: start}]\n"}, "path"),
         ({"content": "kind: Playbook\nmetadata: {path: '  '}\nworkflow: [{step: start}]\n"}, "path"),
         ({"content": "x\x00y"}, "NUL"),
-        ({"content": "kind: Playbook\nmetadata: {path: x}\nworkflow: [{step: begin}]\n"}, "start"),
         (
             {"content": "kind: Playbook\nmetadata: {path: x}\nworkflow: [{step: start, next: [nowhere]}]\n"},
             "nowhere",
@@ -184,7 +183,6 @@ async def test_missing_or_wrong_content_is_422(xstack: Stack, db: Db, body: dict
         "no-path",
         "blank-path",
         "nul",
-        "no-start-step",
         "next-to-missing-step",
     ],
 )

@@ -13,6 +13,7 @@ from conftest import Db, Servers, Stack, StackFactory
 from helpers_execution import (
     DETAIL_KEYS,
     DOMAIN_CONSUMERS,
+    EVENT_KEYS,
     HELLO_PATH,
     HELLO_WORKLOAD,
     RESPONSE_KEYS,
@@ -84,8 +85,14 @@ async def test_run_response_shape(xstack: Stack, hello: list[dict], db: Db, path
         " WHERE entity->>'execution_id' = %s AND entity->>'domain' = 'execution'",
         body["execution_id"],
     )
-    assert [e["type"] for e in events] == ["execution_start"]
-    assert events[0]["payload"]["catalog_id"] == hello[1]["catalog_id"]
+    # The run walked from `start` to `greet`, whose job waits for a worker.
+    assert [(e["type"], e["payload"]["node_name"]) for e in events] == [
+        ("execution_start", "hello_world"),
+        ("step_started", "start"),
+        ("step_completed", "start"),
+        ("step_started", "greet"),
+    ]
+    assert events[0]["payload"]["meta"]["catalog_id"] == hello[1]["catalog_id"]
 
 
 async def test_run_and_execute_are_identical(xstack: Stack, hello: list[dict]) -> None:
@@ -107,7 +114,14 @@ async def test_executions_without_action_steps_complete(xstack: Stack, db: Db) -
     )
     assert row["status"] == "completed" and row["end_time"] is not None
     got = await detail(xstack, body["execution_id"])
-    assert [e["event_type"] for e in got["events"]] == ["execution_start", "execution_complete"]
+    assert [(e["event_type"], e["node_name"]) for e in got["events"]] == [
+        ("execution_start", "control"),
+        ("step_started", "start"),
+        ("step_completed", "start"),
+        ("step_started", "end"),
+        ("step_completed", "end"),
+        ("execution_complete", "control"),
+    ]
 
 
 async def test_runs_applied_as_one_batch_each_get_their_own_outcome(
@@ -182,13 +196,15 @@ async def test_runs_applied_as_one_batch_each_get_their_own_outcome(
         assert "no_such_key" in final[int(started[3]["execution_id"])]["error"]
         for i in (0, 2, 4):
             assert final[int(started[i]["execution_id"])]["status"] == "running"
-        jobs = await db.all("SELECT execution_id, step, status FROM jobs ORDER BY job_id")
+        jobs = await db.all(
+            "SELECT execution_id, step, status FROM jobs WHERE kind = 'action' ORDER BY job_id"
+        )
         assert sorted(j["execution_id"] for j in jobs) == sorted(
             int(started[i]["execution_id"]) for i in (0, 2, 4)
         )
         assert {(j["step"], j["status"]) for j in jobs} == {("greet", "queued")}
         starts = await db.all(
-            "SELECT entity->>'execution_id' AS id, payload->>'request_id' AS request_id FROM events"
+            "SELECT entity->>'execution_id' AS id, payload->'meta'->>'request_id' AS request_id FROM events"
             " WHERE type = 'execution_start'"
         )
         assert {s["id"]: s["request_id"] for s in starts} == {
@@ -522,9 +538,10 @@ async def test_cancel(xstack: Stack, hello: list[dict], db: Db) -> None:
 
     got = await detail(xstack, eid)
     assert got["status"] == "cancelled"
-    assert [e["event_type"] for e in got["events"]] == ["execution_start", "execution_cancelled"]
-    cancelled = got["events"][1]
-    assert cancelled["payload"]["reason"] == "enough" and cancelled["payload"]["status"] == "cancelled"
+    assert [e["event_type"] for e in got["events"]][-1] == "execution_cancelled"
+    assert [e["event_type"] for e in got["events"]].count("execution_cancelled") == 1
+    cancelled = got["events"][-1]
+    assert cancelled["context"] == {"reason": "enough"} and cancelled["status"] == "CANCELLED"
     assert await db.value("SELECT count(*) FROM events WHERE type = 'execution_cancelled'") == 1
     # Only this execution was touched.
     other = await run(xstack.client, path=HELLO_PATH)
@@ -575,12 +592,17 @@ async def test_get_detail_shape(xstack: Stack, hello: list[dict]) -> None:
     for k in RESPONSE_KEYS - {"timestamp"}:
         assert got[k] == started[k], k
     assert got["workload"] == {**HELLO_WORKLOAD, "message": "Hello v2", "who": "me"}
-    [event] = got["events"]
-    assert set(event) == {"event_id", "execution_id", "event_type", "timestamp", "payload"}
+    event = got["events"][0]
+    assert set(event) == EVENT_KEYS
     assert isinstance(event["event_id"], str) and event["execution_id"] == started["execution_id"]
     assert event["event_type"] == "execution_start"
-    assert event["payload"]["status"] == "running" and event["payload"]["path"] == HELLO_PATH
+    assert event["status"] == "STARTED" and event["node_type"] == "playbook"
+    assert event["node_name"] == "hello_world" and event["node_id"] == started["execution_id"]
+    assert event["context"]["workload"] == got["workload"] and event["meta"]["path"] == HELLO_PATH
+    assert event["timestamp"] == event["created_at"]
     iso(event["timestamp"])
+    for later in got["events"][1:]:
+        assert set(later) == EVENT_KEYS and later["node_type"] in ("start", "python"), later
 
 
 async def test_get_events(xstack: Stack, hello: list[dict]) -> None:
@@ -590,16 +612,52 @@ async def test_get_events(xstack: Stack, hello: list[dict]) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["execution_id"] == eid
-    assert [e["event_type"] for e in body["events"]] == ["execution_start", "execution_cancelled"]
+    assert [e["event_type"] for e in body["events"]] == [
+        "execution_start",
+        "step_started",
+        "step_completed",
+        "step_started",
+        "execution_cancelled",
+    ]
     ids = [int(e["event_id"]) for e in body["events"]]
     assert ids == sorted(ids)
     assert body["events"] == (await detail(xstack, eid))["events"]
+    # The original's path gives the same.
+    original = await xstack.client.get(f"/api/events/by-execution/{eid}")
+    assert original.status_code == 200 and original.json() == body
+
+
+async def test_event_summary(xstack: Stack, hello: list[dict]) -> None:
+    eid = (await run(xstack.client, path=HELLO_PATH))["execution_id"]
+    await xstack.client.post(f"/api/executions/{eid}/cancel")
+    response = await xstack.client.get(f"/api/events/summary/{eid}")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "ok",
+        "summary": {
+            "execution_id": eid,
+            "counts": {
+                "execution_cancelled": 1,
+                "execution_start": 1,
+                "step_completed": 1,
+                "step_started": 2,
+            },
+            "skipped": 0,
+            "errors": [],
+        },
+    }
+    missing = await xstack.client.get("/api/events/summary/987654321")
+    assert missing.status_code == 404 and "execution not found" in missing.json()["detail"]
 
 
 @pytest.mark.parametrize("execution_id", ["987654321", "abc", "99999999999999999999999", "-5", "1e3", "%20"])
 async def test_get_unknown_is_404(xstack: Stack, execution_id: str) -> None:
-    for suffix in ("", "/events"):
-        response = await xstack.client.get(f"/api/executions/{execution_id}{suffix}")
+    for path in (
+        f"/api/executions/{execution_id}",
+        f"/api/executions/{execution_id}/events",
+        f"/api/events/by-execution/{execution_id}",
+    ):
+        response = await xstack.client.get(path)
         assert response.status_code == 404, response.text
         assert "execution not found" in response.json()["detail"]
 

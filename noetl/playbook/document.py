@@ -56,14 +56,29 @@ _Loader.add_constructor("tag:yaml.org,2002:binary", _refuse("YAML binary data"))
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _refuse("a YAML timestamp"))
 
 
+class _PureLoader(yaml.SafeLoader):
+    """The pure-Python loader: slower, but its errors point where the problem began."""
+
+
+_PureLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+EXPLAIN_BELOW = 64 * 1024  # a refused text this small is read again, by _PureLoader, to say where
+
+
 def load(text: str, limits: Limits = Limits()) -> dict[str, Any]:
     """The YAML text as a document (a mapping), or PlaybookError."""
     try:
         document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        if len(text) < EXPLAIN_BELOW and "nesting depth" not in str(exc.problem):
+            try:
+                yaml.load(text, Loader=_PureLoader)  # noqa: S506 - a SafeLoader subclass
+            except yaml.MarkedYAMLError as pure:
+                exc = pure
+            except (yaml.YAMLError, RecursionError):
+                pass
+        mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PlaybookError(f"invalid YAML{where}: {exc.problem or exc}") from exc
+        raise PlaybookError(f"invalid YAML{where}: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise PlaybookError(f"invalid YAML: {exc}") from exc
     except RecursionError:

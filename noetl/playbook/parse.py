@@ -295,7 +295,7 @@ def _python_wants_context(code: str) -> bool:
     names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
     if args.kwarg is not None or names & PYTHON_CONTEXT_NAMES:
         return True
-    return any(isinstance(node, ast.Name) and node.id == "context" for node in ast.walk(tree))
+    return "context" in code and any(isinstance(node, ast.Name) and node.id == "context" for node in ast.walk(tree))
 
 
 def _transitions(raw: Any) -> list[dict[str, Any]]:
