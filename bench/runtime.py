@@ -546,7 +546,7 @@ class Sampler(threading.Thread):
         self.procs: dict[str, Any] = {}
         self.phase = "setup"
         self.peaks: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not `_stop`: threading.Thread has a method of that name
         self._lock = threading.Lock()
 
     def track(self, label: str, pid: int) -> None:
@@ -556,7 +556,7 @@ class Sampler(threading.Thread):
             self.procs[label] = psutil.Process(pid)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             with self._lock:
                 items = list(self.procs.items())
             for label, proc in items:
@@ -568,7 +568,7 @@ class Sampler(threading.Thread):
                 phase[label] = max(phase.get(label, 0), rss)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def cpu(self) -> dict[str, float]:
         """Cumulative CPU seconds per tracked process (PostgreSQL: the postmaster and its children)."""

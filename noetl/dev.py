@@ -174,7 +174,7 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
             _start_parts(supervisor, opts, nats_url, dsn)
             _supervise(supervisor, signals, opts.port)
     finally:
-        _say("stopping")
+        _say("stopping (Ctrl-C again to stop at once)" if signals.stopping else "stopping")
         supervisor.stop(hurry=lambda: signals.hurry)
         _say("stopped")
     return 0
