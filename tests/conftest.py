@@ -471,6 +471,12 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    """`pid` runs (not gone, not a zombie no one reaped yet)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def parent_of(pid: int) -> int | None:
     fields = _stat(pid)
     return int(fields[1]) if fields else None
@@ -489,7 +495,7 @@ def children_of(pid: int) -> set[int]:
             if child not in found:
                 found.add(child)
                 todo.append(child)
-    return {p for p in found if (fields := _stat(p)) is not None and fields[0] not in ("Z", "X")}
+    return {p for p in found if alive(p)}
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import children_of
-from workers_support import process_gone
+from conftest import alive, children_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +45,7 @@ def test_a_killed_benchmark_leaves_nothing_running(scratch_dir: Path) -> None:
         bench.send_signal(signal.SIGKILL)
         bench.wait(10)
         deadline = time.monotonic() + 60
-        while left := {pid for pid in spawned if not process_gone(pid)}:
+        while left := {pid for pid in spawned if alive(pid)}:
             assert time.monotonic() < deadline, f"left running by the killed benchmark: {left}"
             time.sleep(0.1)
     finally:

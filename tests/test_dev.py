@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import ConsumerTask, Db, Proc, Processes, Servers, children_of, noetl_command, parent_of
+from conftest import ConsumerTask, Db, Proc, Processes, Servers, alive, children_of, noetl_command, parent_of
 from helpers_execution import DOMAIN_CONSUMERS
-from workers_support import process_gone
 
 from noetl.dev import LOCK_FILE
 from noetl.embedded import free_port
@@ -129,7 +128,7 @@ def test_dev_refuses_a_second_start_restarts_a_dead_part_and_dies_whole_on_sigki
     assert len(everything) > len(direct)  # postgres' own processes, the worker's sandbox child
     dev.signal(signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while left := {pid for pid in everything if not process_gone(pid)}:
+    while left := {pid for pid in everything if alive(pid)}:
         assert time.monotonic() < deadline, f"still running after noetl dev was killed: {left}"
         time.sleep(0.1)
     with (data / LOCK_FILE).open() as lock:  # and with the last server, the lock is gone too
