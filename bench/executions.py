@@ -40,6 +40,7 @@ from bench.runtime import (
     RESULTS_DIR,
     ROOT,
     Bench,
+    child,
     content_length,
     cpu_delta,
     db_delta,
@@ -56,7 +57,6 @@ from bench.runtime import (
 RUN_PATH = "/api/executions/run"
 REGISTER_PATH = "/api/catalog/register"
 EXECUTION_DURABLE = "execution-commands"
-CONSUMERS = "runtime,catalog,execution,outbox"
 HELLO = ROOT / "examples" / "hello_world.yaml"
 RESPONSE_KEYS = {
     "execution_id",
@@ -387,9 +387,7 @@ class Stack(Bench):
     def run_role(self, role: str, extra: list[str], timeout: float) -> dict[str, Any]:
         """Run a load generator of this module to completion and return the JSON it prints."""
         argv = [sys.executable, "-m", self.module, "--role", role, *extra]
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = child(argv, cwd=ROOT, env=self.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.children.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -547,9 +545,7 @@ class Stack(Bench):
             path.parent.mkdir(parents=True, exist_ok=True)
             argv = [str(spy), "record", "--pid", str(proc.pid), "--duration", str(int(seconds))]
             argv += ["--rate", "100", "--format", "raw", "--nonblocking", "--output", str(path)]
-            spies.append(
-                (label, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path)
-            )
+            spies.append((label, child(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path))
         return spies
 
     def profile_finish(self, spies: list[tuple[str, Any, Path]], seconds: float) -> dict[str, Any]:
@@ -948,6 +944,13 @@ def render(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def bench_consumers() -> str:
+    """Every consumer but the sweeper (liveness is not under test), as `--consumers` takes them."""
+    from consumers.process import CONSUMER_NAMES
+
+    return ",".join(name for name in CONSUMER_NAMES if name != "sweeper")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.executions", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short windows: finishes in under 2 minutes")
@@ -957,7 +960,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-acceptance", action="store_true")
     p.add_argument("--skip-latency", action="store_true")
     g = p.add_argument_group("processes")
-    g.add_argument("--consumers", default=CONSUMERS, help="consumers in the consumer process(es)")
+    g.add_argument("--consumers", default=bench_consumers(), help="consumers in the consumer process(es)")
     g.add_argument("--consumer-procs", type=int, default=1, help="copies of the consumer process")
     g.add_argument(
         "--consumer-layout",

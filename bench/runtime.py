@@ -546,7 +546,7 @@ class Sampler(threading.Thread):
         self.procs: dict[str, Any] = {}
         self.phase = "setup"
         self.peaks: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not `_stop`: threading.Thread has a method of that name
         self._lock = threading.Lock()
 
     def track(self, label: str, pid: int) -> None:
@@ -556,7 +556,7 @@ class Sampler(threading.Thread):
             self.procs[label] = psutil.Process(pid)
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             with self._lock:
                 items = list(self.procs.items())
             for label, proc in items:
@@ -568,7 +568,7 @@ class Sampler(threading.Thread):
                 phase[label] = max(phase.get(label, 0), rss)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def cpu(self) -> dict[str, float]:
         """Cumulative CPU seconds per tracked process (PostgreSQL: the postmaster and its children)."""
@@ -614,6 +614,14 @@ def cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {k: round(b[k] - a.get(k, 0.0), 3) for k in b}
 
 
+def child(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Every process the benchmarks start: it dies with the benchmark, also on SIGKILL or a
+    SIGTERM that came too soon for `Bench.stop` (the servers do too: `noetl.embedded`)."""
+    from noetl.children import die_with_parent
+
+    return subprocess.Popen(argv, preexec_fn=die_with_parent(), **popen)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -632,9 +640,7 @@ class Bench:
     def spawn(self, label: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.logdir.mkdir(parents=True, exist_ok=True)
         logf = (self.logdir / f"{label}.log").open("ab")
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = child(argv, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         self.children.append(proc)
         self.sampler.track(label, proc.pid)
@@ -664,9 +670,7 @@ class Bench:
     def role(self, role: str, extra: list[str], timeout: float) -> dict[str, Any]:
         """Run a load generator to completion and return the JSON it prints."""
         argv = [sys.executable, "-m", "bench.runtime", "--role", role, *extra]
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=self.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        proc = child(argv, cwd=ROOT, env=self.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.children.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout)

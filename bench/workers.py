@@ -40,6 +40,7 @@ from bench.executions import (
     HttpConn,
     Stack,
     apply_mode,
+    bench_consumers,
     execution_of,
     inserted,
     ms,
@@ -588,7 +589,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("processes")
     g.add_argument("--workers", type=int, default=4, help="worker processes (`noetl worker`)")
     g.add_argument("--capacity", type=int, default=8, help="jobs at once per worker")
-    g.add_argument("--consumers", default="runtime,catalog,execution,outbox", help="consumers to run")
+    g.add_argument("--consumers", default=bench_consumers(), help="consumers to run")
     g.add_argument("--consumer-procs", type=int, default=1, help="copies of the consumer process")
     g.add_argument(
         "--consumer-layout",

@@ -16,6 +16,8 @@ from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
 from noetl.bus.connection import Bus
+from noetl.children import notify_ready
+from noetl.reach import probe_nats, probe_postgres, until_reachable
 from noetl.settings import Settings
 from noetl.store.db import open_pool
 from noetl.store.migrate import migrate
@@ -88,6 +90,9 @@ CONSUMERS: dict[str, Starter] = {
     "sweeper": start_sweeper,
     "outbox": start_outbox,
 }
+# The one list of consumer names: `noetl dev`, the benchmarks, the tests and docker-compose.yml
+# (checked by a test) all take theirs from here.
+CONSUMER_NAMES: tuple[str, ...] = tuple(CONSUMERS)
 
 
 async def run(
@@ -102,7 +107,9 @@ async def run(
     if unknown:
         raise ValueError(f"unknown consumer(s) {unknown}; choose from {sorted(CONSUMERS)}")
     dsn = settings.database_dsn()
+    await until_reachable(lambda: probe_postgres(dsn), log)
     await migrate(dsn)
+    await until_reachable(lambda: probe_nats(settings.nats_url), log)
     async with AsyncExitStack() as stack:
         bus = Bus(settings.nats_url, name=f"noetl-consumer-{'+'.join(names)}")
         await bus.start(wait=True)
@@ -119,6 +126,7 @@ async def run(
         log.info("consumers %s running", ", ".join(names))
         if ready is not None:
             ready.set()
+        notify_ready()
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -1,124 +1,182 @@
-"""The `noetl` command: the whole system (`dev`), each part alone, and a worker pool."""
+"""The `noetl` command: the whole system on this machine (`dev`), each part alone (`api`,
+`consumer`, `worker`, `db migrate`), and the commands of a client of a running system
+(`noetl.cli_client`).
+
+An expected failure (a server that cannot be reached, a port in use, a bad setting, an error
+answer of the API) is one line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import sys
+from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Annotated
 
-import uvloop
+import typer
 
+from noetl import cli_client
+from noetl.problems import Problem
 from noetl.settings import get_settings
 
+PACKAGE = "noetl-control-plane"
 
-def _dev(args: argparse.Namespace) -> int:
+app = typer.Typer(
+    name="noetl",
+    help="NoETL's event-driven control plane: run it, and work with a running one.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+cli_client.add_commands(app)
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"noetl {package_version(PACKAGE)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def noetl(
+    log_level: Annotated[
+        LogLevel, typer.Option(help="How much the processes log (on stderr).")
+    ] = LogLevel.info,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """NoETL's event-driven control plane: run it, and work with a running one."""
+    from noetl import logs
+
+    logs.configure(log_level.value, as_json=get_settings().log_format == "json")
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where NATS and PostgreSQL keep their data across restarts "
+            "(default: the user's data directory, e.g. ~/.local/share/noetl).",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="The API's port on 127.0.0.1.")] = 8083,
+    nats_port: Annotated[int, typer.Option(help="The embedded NATS server's port.")] = 4222,
+    pg_port: Annotated[int, typer.Option(help="The embedded PostgreSQL's port.")] = 5433,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Local worker pools of runtime python to start (0 for none).")
+    ] = 1,
+) -> None:
+    """The whole system on this machine: NATS, PostgreSQL, the consumers, workers and the API.
+
+    Each part is a child process, restarted when it dies; Ctrl-C or SIGTERM stops them in order.
+    """
     from noetl.dev import DevOptions, run_dev
-    from noetl.embedded import PortTaken
 
-    opts = DevOptions(
-        data_dir=args.data_dir.expanduser().resolve(),
-        port=args.port,
-        nats_port=args.nats_port,
-        pg_port=args.pg_port,
-        workers=args.workers,
-    )
-    opts.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return run_dev(opts)
-    except PortTaken as exc:
-        print(f"noetl dev: {exc}", file=sys.stderr)
-        return 2
+    options = DevOptions(data_dir=data_dir, port=port, nats_port=nats_port, pg_port=pg_port, workers=workers)
+    raise typer.Exit(run_dev(options))
 
 
-def _api(args: argparse.Namespace) -> int:
-    import uvicorn
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8083,
+) -> None:
+    """The HTTP API. It needs only NOETL_NATS_URL: it has no database credentials."""
+    import uvloop
 
-    uvicorn.run(
-        "noetl.facade.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-    )
-    return 0
+    from noetl.api_server import serve
+
+    uvloop.run(serve(get_settings(), host=host, port=port))
 
 
-def _consumer(args: argparse.Namespace) -> int:
-    from consumers.process import CONSUMERS, run_process
+@app.command()
+def consumer(
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="NAME...",
+            help="The consumers to run in this process; an unknown name is refused with the list.",
+        ),
+    ],
+) -> None:
+    """Consumers that apply commands to PostgreSQL (NOETL_NATS_URL and NOETL_PG_DSN).
 
-    unknown = [n for n in args.names if n not in CONSUMERS]
+    Copies of a consumer, in this process or others, share its work.
+    """
+    import uvloop
+
+    from consumers.process import CONSUMER_NAMES, run_process
+
+    unknown = [name for name in names if name not in CONSUMER_NAMES]
     if unknown:
-        print(f"noetl consumer: unknown {unknown}; choose from {sorted(CONSUMERS)}", file=sys.stderr)
-        return 2
-    uvloop.run(run_process(args.names, get_settings()))
-    return 0
+        raise typer.BadParameter(
+            f"unknown {', '.join(unknown)}; choose from {', '.join(CONSUMER_NAMES)}", param_hint="NAME"
+        )
+    uvloop.run(run_process(names, get_settings()))
 
 
-def _migrate(_: argparse.Namespace) -> int:
-    from noetl.store.migrate import migrate
+@db_app.command("migrate")
+def migrate() -> None:
+    """Apply the schema migrations that are missing (every consumer also does at start-up)."""
+    from noetl.reach import probe_postgres
+    from noetl.store.migrate import migrate as apply
 
-    applied = asyncio.run(migrate(get_settings().database_dsn()))
-    print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
-    return 0
+    dsn = get_settings().database_dsn()
+    asyncio.run(probe_postgres(dsn))
+    applied = asyncio.run(apply(dsn))
+    typer.echo(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
 
 
-def _worker(args: argparse.Namespace) -> int:
+@app.command()
+def worker(
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The pool's name in the registry (default: NOETL_WORKER_NAME, else <hostname>-<pid>)."
+        ),
+    ] = None,
+    runtime: Annotated[str, typer.Option(help="The runtime whose jobs this pool runs.")] = "python",
+    capacity: Annotated[int, typer.Option(min=1, help="Jobs this pool runs at once.")] = 4,
+) -> None:
+    """A worker pool: it registers on the bus, beats, and runs the jobs of its runtime.
+
+    On SIGTERM or Ctrl-C it takes no new jobs, lets running steps finish within
+    NOETL_WORKER_GRACE_SECONDS, hands the rest back and deregisters.
+    """
+    import uvloop
+
     from noetl.worker.main import run_worker
 
-    uvloop.run(run_worker(get_settings(), name=args.name, runtime=args.runtime, capacity=args.capacity))
-    return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    from noetl.dev import default_data_dir
-
-    top = argparse.ArgumentParser(prog="noetl", description="NoETL's event-driven control plane")
-    top.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = top.add_subparsers(dest="command", required=True)
-
-    dev = sub.add_parser("dev", help="the whole system on this machine (embedded NATS and PostgreSQL)")
-    dev.add_argument("--data-dir", type=Path, default=default_data_dir(), help="kept across restarts")
-    dev.add_argument("--port", type=int, default=8083, help="the API's port on 127.0.0.1")
-    dev.add_argument("--nats-port", type=int, default=4222)
-    dev.add_argument("--pg-port", type=int, default=5433)
-    dev.add_argument("--workers", type=int, default=1, help="local worker pools to start (0 for none)")
-    dev.set_defaults(func=_dev)
-
-    api = sub.add_parser("api", help="the HTTP facade (needs only NOETL_NATS_URL)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8083)
-    api.set_defaults(func=_api)
-
-    consumer = sub.add_parser("consumer", help="run consumers: runtime, catalog, execution, sweeper, outbox")
-    consumer.add_argument("names", nargs="+", metavar="name")
-    consumer.set_defaults(func=_consumer)
-
-    db = sub.add_parser("db", help="database administration")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("migrate", help="apply schema migrations").set_defaults(func=_migrate)
-
-    worker = sub.add_parser("worker", help="a worker pool that registers and beats on the bus")
-    worker.add_argument("--name", required=True)
-    worker.add_argument("--runtime", default="python")
-    worker.add_argument("--capacity", type=int, default=4)
-    worker.set_defaults(func=_worker)
-
-    from noetl.cli_client import add_client_commands
-
-    add_client_commands(sub)
-    return top
+    uvloop.run(run_worker(get_settings(), name=name, runtime=runtime, capacity=capacity))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return args.func(args)
+    try:
+        app(args=argv, prog_name="noetl")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except Problem as exc:
+        print(f"noetl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        cli_client.silence_stdout()
+        return 0
+    return 0
 
 
 if __name__ == "__main__":

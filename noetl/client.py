@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ import httpx
 
 from noetl.bus import subjects
 from noetl.bus.envelope import Event
+from noetl.problems import Problem
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8083
@@ -27,7 +29,7 @@ API_URL_ENV = "NOETL_API_URL"
 TIMEOUT = 30.0
 
 
-class ApiError(RuntimeError):
+class ApiError(Problem):
     """The server answered with a status other than 2xx."""
 
     def __init__(self, status_code: int, detail: Any) -> None:
@@ -37,7 +39,7 @@ class ApiError(RuntimeError):
         super().__init__(f"HTTP {status_code}: {text}")
 
 
-class Unreachable(RuntimeError):
+class Unreachable(Problem):
     """No server answered at the API's address."""
 
 
@@ -88,8 +90,35 @@ def execute(api: str, path: str, parameters: Any, merge: bool = False) -> dict[s
     return _call("POST", f"{api}/api/executions/run", json=body)
 
 
+def _execution(api: str, execution_id: str) -> str:
+    return f"{api}/api/executions/{quote(execution_id, safe='')}"
+
+
 def execution_status(api: str, execution_id: str) -> dict[str, Any]:
-    return _call("GET", f"{api}/api/executions/{quote(execution_id, safe='')}")
+    """The execution with its events."""
+    return _call("GET", _execution(api, execution_id))
+
+
+def executions(
+    api: str, *, status: str | None = None, path: str | None = None, limit: int = 50
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    params |= {key: value for key, value in (("status", status), ("path", path)) if value}
+    return _call("GET", f"{api}/api/executions", params=params)
+
+
+def cancel(api: str, execution_id: str, reason: str | None = None) -> dict[str, Any]:
+    return _call("POST", f"{_execution(api, execution_id)}/cancel", json={"reason": reason})
+
+
+def worker_pools(api: str, *, runtime: str | None = None, status: str | None = None) -> dict[str, Any]:
+    params = {key: value for key, value in (("runtime", runtime), ("status", status)) if value}
+    return _call("GET", f"{api}/api/worker/pools", params=params or None)
+
+
+def request_outcome(api: str, request_id: str) -> dict[str, Any]:
+    """`{"state": "pending"}` until an accepted command is applied, then its status and response."""
+    return _call("GET", f"{api}/api/requests/{quote(request_id, safe='')}")
 
 
 # --------------------------------------------------------------------------- events watch
@@ -154,20 +183,22 @@ async def watch(js: Any, options: WatchOptions, *, idle: float = 0.25) -> AsyncI
 
     replay = options.from_seq is not None or options.since is not None or options.since_id is not None
     delivered = 0
-    async for item in follow(
+    following = follow(
         js,
         options.filter_subject(),
         start_seq=options.from_seq,
         start_time=options.since,
         new_only=not replay,
         idle=idle,
-    ):
-        if item is None:
-            yield None
-            continue
-        if not options.wanted(item.event):
-            continue
-        yield item.event
-        delivered += 1
-        if options.count is not None and delivered >= options.count:
-            return
+    )
+    async with aclosing(following):  # its subscription ends here, while the connection is open
+        async for item in following:
+            if item is None:
+                yield None
+                continue
+            if not options.wanted(item.event):
+                continue
+            yield item.event
+            delivered += 1
+            if options.count is not None and delivered >= options.count:
+                return

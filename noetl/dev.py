@@ -1,22 +1,34 @@
-"""`noetl dev`: the whole system on one machine, every part a child process stopped together."""
+"""`noetl dev`: the whole system on one machine, every part a child process of this one.
+
+NATS and PostgreSQL (embedded, unless `NOETL_NATS_URL` and a DSN name servers of one's own), the
+consumers, the worker pools and the API run under a `Supervisor`: a part that dies is restarted
+with backoff, `ready` is said once every part is, and Ctrl-C or SIGTERM stops the workers and the
+API first (running steps finish), the consumers next, the servers last. The data directory is
+locked while its servers run, so a second `noetl dev` on it is refused at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import platformdirs
 
 from noetl.crypto import KEY_SETTING, generate_key
-from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, require_free, stop_process, wait_for_port
-from noetl.settings import PostgresEnv, Settings
+from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, require_free
+from noetl.problems import Problem
+from noetl.reach import probe_nats, probe_postgres
+from noetl.settings import PostgresEnv, get_settings
 from noetl.store.migrate import migrate
+from noetl.supervisor import Command, Server, Supervisor
 
 DB_ENV = (
     "NOETL_PG_DSN",
@@ -26,7 +38,8 @@ DB_ENV = (
     "POSTGRES_PASSWORD",
     "POSTGRES_DB",
 )
-CONSUMERS = ("runtime", "catalog", "execution", "credentials", "sweeper", "outbox")
+LOCK_FILE = "noetl-dev.lock"
+WAITING_NOTE_EVERY = 10.0  # seconds between "waiting for ..." lines while not every part is ready
 
 
 def default_data_dir() -> Path:
@@ -35,7 +48,7 @@ def default_data_dir() -> Path:
 
 @dataclass
 class DevOptions:
-    data_dir: Path
+    data_dir: Path | None
     port: int
     nats_port: int
     pg_port: int
@@ -63,88 +76,164 @@ def _say(line: str) -> None:
     print(f"noetl dev: {line}", flush=True)
 
 
-def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "noetl.cli", *args], env=env)
+# --------------------------------------------------------------------------- the data directory
 
 
-def _stop_together(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        stop_process(proc)
+class DataDirInUse(Problem):
+    pass
+
+
+def _holder(recorded: str) -> str:
+    pid, _, command = recorded.partition(" ")
+    if not pid.isdigit():
+        return "another noetl dev"
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return f"the servers of pid {pid}, which has exited (they are stopping: try again in a moment)"
+    except PermissionError:
+        pass
+    return f"pid {pid} ({command})" if command else f"pid {pid}"
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """The data directory for this process alone: an exclusive lock on a file in it, which names
+    the owner. The servers inherit the lock, so it lasts until the last of them has stopped."""
+    lock = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = _holder(lock.read().strip())
+        lock.close()
+        raise DataDirInUse(
+            f"the data directory {data_dir} is in use by {holder}; stop it, or pass another --data-dir"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {' '.join(['noetl', *sys.argv[1:]])}\n")
+    lock.flush()
+    return lock
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class Signals:
+    """SIGINT and SIGTERM counted: the first stops in order, a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.received += 1
+
+    @property
+    def stopping(self) -> bool:
+        return self.received >= 1
+
+    @property
+    def hurry(self) -> bool:
+        return self.received >= 2
+
+
+# --------------------------------------------------------------------------- the whole
 
 
 def run_dev(opts: DevOptions) -> int:
-    """Start everything, wait for a signal or a child's death, stop everything; the exit code."""
-    settings = Settings()
+    """Start everything, supervise it until a signal, stop everything; the exit code."""
+    data_dir = (opts.data_dir or default_data_dir()).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_data_dir(data_dir)
+    try:
+        return _run(opts, data_dir, lock.fileno())
+    finally:
+        lock.close()
+
+
+def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
+    settings = get_settings()
     external_nats = "NOETL_NATS_URL" in os.environ
     external_pg = bool(settings.pg_dsn or PostgresEnv().dsn())
+    if external_nats:
+        asyncio.run(probe_nats(settings.nats_url))
+    if external_pg:
+        asyncio.run(probe_postgres(settings.database_dsn()))
     require_free(opts.port, "the API", "--port")
     if not external_nats:
         require_free(opts.nats_port, "NATS", "--nats-port")
     if not external_pg:
         require_free(opts.pg_port, "PostgreSQL", "--pg-port")
 
-    stopping = False
-
-    def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-
-    servers: list[EmbeddedNats | EmbeddedPostgres] = []
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    code = 0
+    signals = Signals()
+    supervisor = Supervisor(_say)
     try:
         if external_nats:
             nats_url = settings.nats_url
             _say(f"NATS         {nats_url} (external)")
         else:
-            nats = EmbeddedNats(opts.data_dir / "nats", opts.nats_port)
-            servers.append(nats)
+            nats = EmbeddedNats(data_dir / "nats", opts.nats_port, keep_fds=(lock_fd,))
             nats_url = nats.start()
+            supervisor.add(Server("nats", nats), started=True)
             _say(f"NATS         {nats_url} (JetStream store {nats.store_dir})")
         if external_pg:
             dsn = settings.database_dsn()
             _say("PostgreSQL   external (NOETL_PG_DSN / POSTGRES_*)")
         else:
-            pg = EmbeddedPostgres(opts.data_dir / "postgres", opts.pg_port)
-            servers.append(pg)
+            pg = EmbeddedPostgres(data_dir / "postgres", opts.pg_port, keep_fds=(lock_fd,))
             dsn = pg.start()
+            supervisor.add(Server("postgres", pg), started=True)
             _say(f"PostgreSQL   {dsn} (data {pg.data_dir})")
         applied = asyncio.run(migrate(dsn))
         _say(f"schema       migrated ({len(applied)} new migration(s))")
-
-        # Workers get neither the database nor the credentials key; the API seals, consumers open.
-        base_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)}
-        base_env["NOETL_NATS_URL"] = nats_url
-        key_env = {KEY_SETTING: credentials_key(opts.data_dir)}
-        consumer_env = {**base_env, **key_env, "NOETL_PG_DSN": dsn}
-        children.append(("consumers", _child(["consumer", *CONSUMERS], consumer_env)))
-        for i in range(opts.workers):
-            name = f"local-{i + 1}" if opts.workers > 1 else "local"
-            children.append((f"worker {name}", _child(["worker", "--name", name], base_env)))
-        api = _child(["api", "--host", HOST, "--port", str(opts.port)], {**base_env, **key_env})
-        children.append(("api", api))
-        wait_for_port(opts.port, api, "the API", timeout=30)
-        _say(f"API          http://{HOST}:{opts.port}  (docs: http://{HOST}:{opts.port}/docs)")
-        _say("ready; Ctrl-C stops everything")
-        while not stopping:
-            dead = [(what, p) for what, p in children if p.poll() is not None]
-            if dead:
-                what, proc = dead[0]
-                _say(f"{what} exited with status {proc.returncode}; stopping")
-                code = 1
-                break
-            time.sleep(0.2)
+        if not signals.stopping:
+            _start_parts(supervisor, opts, data_dir, nats_url, dsn)
+            _supervise(supervisor, signals, opts.port)
     finally:
-        # Workers and the API first, so a worker's deregistration still reaches the consumers.
-        _stop_together([p for what, p in children if what != "consumers"])
-        _stop_together([p for what, p in children if what == "consumers"])
-        for server in reversed(servers):
-            server.stop()
+        _say("stopping (Ctrl-C again to stop at once)" if signals.stopping else "stopping")
+        supervisor.stop(hurry=lambda: signals.hurry)
         _say("stopped")
-    return code
+    return 0
+
+
+def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, nats_url: str, dsn: str) -> None:
+    """The consumers, the worker pools and the API, as `noetl` child processes."""
+    from consumers.process import CONSUMER_NAMES
+
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    noetl = [sys.executable, "-m", "noetl.cli", "--log-level", level]
+    # Workers get neither the database nor the credentials key; the API seals, consumers open.
+    bus_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)} | {"NOETL_NATS_URL": nats_url}
+    key_env = {KEY_SETTING: credentials_key(data_dir)}
+    grace = get_settings().worker_grace_seconds
+
+    consumers = [*noetl, "consumer", *CONSUMER_NAMES]
+    supervisor.add(Command("consumers", consumers, bus_env | key_env | {"NOETL_PG_DSN": dsn}, tier=1, stop_timeout=30))
+    _say(f"consumers    {', '.join(CONSUMER_NAMES)}")
+    for i in range(opts.workers):
+        name = f"local-{i + 1}" if opts.workers > 1 else "local"
+        argv = [*noetl, "worker", "--name", name]
+        supervisor.add(Command(f"worker {name}", argv, bus_env, tier=0, stop_timeout=grace + 10))
+        _say(f"worker       {name} (runtime python)")
+    api = [*noetl, "api", "--host", HOST, "--port", str(opts.port)]
+    supervisor.add(Command("api", api, bus_env | key_env, tier=0, stop_timeout=15))
+
+
+def _supervise(supervisor: Supervisor, signals: Signals, port: int) -> None:
+    """Tend the parts until a signal; say `ready` once every part is."""
+    announced = False
+    note_at = time.monotonic() + WAITING_NOTE_EVERY
+    while not signals.stopping:
+        supervisor.tend()
+        if not announced:
+            waiting = supervisor.waiting_for()
+            if not waiting:
+                _say(f"API          http://{HOST}:{port}  (docs: http://{HOST}:{port}/docs)")
+                _say("ready; Ctrl-C stops everything")
+                announced = True
+            elif time.monotonic() >= note_at:
+                _say(f"waiting for {', '.join(waiting)}")
+                note_at += WAITING_NOTE_EVERY
+        time.sleep(0.1)

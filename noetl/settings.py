@@ -7,12 +7,14 @@ credentials.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from noetl.playbook.document import Limits
+from noetl.problems import BadInput, Problem
 
 
 class PostgresEnv(BaseSettings):
@@ -48,6 +50,9 @@ class Settings(BaseSettings):
     heartbeat_retry_after: int = Field(3, ge=0)
     auto_recreate_runtime: bool = False
     worker_pool_name: str | None = None
+    # `noetl worker`'s pool name when `--name` is not given; without either, host and pid.
+    worker_name: str | None = None
+    log_format: Literal["text", "json"] = "text"
 
     runtime_offline_seconds: float = Field(60.0, gt=0)
     runtime_sweep_interval: float = Field(15.0, gt=0)
@@ -83,12 +88,27 @@ class Settings(BaseSettings):
         )
 
     def database_dsn(self) -> str:
-        dsn = self.pg_dsn or PostgresEnv().dsn()
+        try:
+            dsn = self.pg_dsn or PostgresEnv().dsn()
+        except ValidationError as exc:
+            raise _bad_settings(exc, "POSTGRES_") from None
         if not dsn:
-            raise RuntimeError("no database configured: set NOETL_PG_DSN or POSTGRES_HOST")
+            raise Problem("no database configured: set NOETL_PG_DSN or POSTGRES_HOST")
         return dsn
+
+
+def _bad_settings(exc: ValidationError, prefix: str = "NOETL_") -> BadInput:
+    """`bad setting NOETL_JOB_LEASE_SECONDS: Input should be a valid number`, one per setting."""
+    found = "; ".join(
+        f"{prefix}{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return BadInput(f"bad setting {found}")
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _bad_settings(exc) from None

@@ -23,13 +23,15 @@ import yaml
 from conftest import Servers, Stack, StackFactory
 from nats.js.errors import NotFoundError
 
+from consumers.process import CONSUMER_NAMES
 from noetl.bus import subjects
 from noetl.embedded import free_port
 from noetl.facade.app import create_app
 from noetl.settings import Settings
 
 DOMAIN_TABLES = ("executions", "catalog", "catalog_paths")
-DOMAIN_CONSUMERS = ["catalog", "execution", "outbox"]
+# Every consumer but the registry's and liveness' own.
+DOMAIN_CONSUMERS = [name for name in CONSUMER_NAMES if name not in ("runtime", "sweeper")]
 
 RESPONSE_KEYS = {
     "execution_id",

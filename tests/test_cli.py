@@ -10,6 +10,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,10 +24,16 @@ import pytest
 from conftest import Processes, Servers, noetl_command, read_stream, reset_state
 from helpers_execution import iso, playbook, purge_jobs, truncate_domain
 
+from consumers.process import CONSUMER_NAMES
 from noetl.bus import subjects
 from noetl.embedded import free_port
 
 CLI_TIMEOUT = 60
+# The worker pools of this module run only this runtime's jobs: other tests' playbooks (runtime
+# python) stay queued, as the module's first tests expect.
+CLI_RUNTIME = "cli"
+CLI_WORKERS = 2
+CLI_CONSUMERS = [name for name in CONSUMER_NAMES if name != "sweeper"]
 
 
 @dataclass
@@ -34,6 +41,7 @@ class CliStack:
     port: int
     nats_url: str
     files: Path
+    worker_pids: list[int]
 
     @property
     def url(self) -> str:
@@ -45,7 +53,8 @@ class CliStack:
 
 @pytest.fixture(scope="module")
 def cli_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
-    """`noetl api` and `noetl consumer catalog execution outbox`, for every test of this module."""
+    """`noetl api`, `noetl consumer` (every consumer but the sweeper) and two `noetl worker`s of
+    runtime `cli`, started without a name, for every test of this module."""
     asyncio.run(reset_state(servers))
     asyncio.run(truncate_domain(servers.dsn))
     asyncio.run(purge_jobs(servers.nats_url))
@@ -54,19 +63,27 @@ def cli_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ite
     bus_env = {"NOETL_NATS_URL": servers.nats_url}
     try:
         consumers = procs.start(
-            ["--log-level", "warning", "consumer", "catalog", "execution", "outbox"],
+            ["--log-level", "warning", "consumer", *CLI_CONSUMERS],
             {**bus_env, "NOETL_PG_DSN": servers.dsn},
         )
         port = free_port()
         api = procs.start(["--log-level", "warning", "api", "--port", str(port)], bus_env)
-        stack = CliStack(port, servers.nats_url, root)
+        workers = [
+            procs.start(
+                ["--log-level", "warning", "worker", "--runtime", CLI_RUNTIME, "--capacity", "2"],
+                {**bus_env, "NOETL_WORKER_HEARTBEAT_INTERVAL": "1"},
+            )
+            for _ in range(CLI_WORKERS)
+        ]
+        stack = CliStack(port, servers.nats_url, root, [w.pid for w in workers])
         deadline = time.monotonic() + 60
         with stack.api() as client:
             while True:
-                for proc in (consumers, api):
+                for proc in (consumers, api, *workers):
                     assert proc.popen.poll() is None, proc.output()
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/api/catalog/list").status_code == 200:
+                    pools = client.get("/api/worker/pools", params={"runtime": CLI_RUNTIME})
+                    if pools.status_code == 200 and pools.json()["count"] == CLI_WORKERS:
                         break
                 assert time.monotonic() < deadline, api.output() + consumers.output()
                 time.sleep(0.1)
@@ -465,3 +482,265 @@ def test_help_lists_the_client_commands() -> None:
     out = ok(noetl("--help"))
     for command in ("register", "catalog", "execute", "events"):
         assert command in out
+
+
+# --------------------------------------------------------------------------- the daily work
+
+TWO_STEPS = """\
+apiVersion: noetl.io/v1
+kind: Playbook
+metadata: {name: two, path: cli/two}
+runtime: cli
+workload: {word: hi}
+workflow:
+  - step: start
+    next: [{step: first}]
+  - step: first
+    type: python
+    code: |
+      def main(word):
+          return {"status": "success", "data": {"word": word}}
+    data: {word: "{{ workload.word }}"}
+    next: [{step: second}]
+  - step: second
+    type: python
+    code: |
+      def main(word):
+          return {"status": "success", "data": {"loud": word.upper()}}
+    data: {word: "{{ first.data.word }}"}
+    next: [{step: end}]
+  - step: end
+"""
+
+FAILS = """\
+apiVersion: noetl.io/v1
+kind: Playbook
+metadata: {name: fails, path: cli/fails}
+runtime: cli
+workflow:
+  - step: start
+    next: [{step: boom}]
+  - step: boom
+    type: python
+    code: |
+      def main():
+          raise ValueError("no luck")
+    next: [{step: end}]
+  - step: end
+"""
+
+SLOW = """\
+apiVersion: noetl.io/v1
+kind: Playbook
+metadata: {name: slow, path: cli/slow}
+runtime: cli
+workload: {seconds: 60}
+workflow:
+  - step: start
+    next: [{step: nap}]
+  - step: nap
+    type: python
+    timeout: 120
+    code: |
+      def main(seconds):
+          import time
+          time.sleep(seconds)
+          return {"status": "success"}
+    data: {seconds: "{{ workload.seconds }}"}
+    next: [{step: end}]
+  - step: end
+"""
+
+
+@pytest.fixture(scope="module")
+def daily(cli_stack: CliStack) -> CliStack:
+    """The playbooks of these tests, registered."""
+    for name, text in (("two.yaml", TWO_STEPS), ("fails.yaml", FAILS), ("slow.yaml", SLOW)):
+        ok(noetl("register", str(write(cli_stack, name, text)), *port_args(cli_stack)))
+    return cli_stack
+
+
+def no_traceback(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    return result
+
+
+def running(stack: CliStack, path: str) -> str:
+    """Start `path` and return its id once its first step runs on a worker."""
+    eid = json.loads(ok(noetl("execute", "playbook", path, *port_args(stack), "--json")))["execution_id"]
+    deadline = time.monotonic() + 30
+    while "action_started" not in {e["event_type"] for e in status(stack, eid)["events"]}:
+        assert time.monotonic() < deadline, status(stack, eid)
+        time.sleep(0.1)
+    return eid
+
+
+def test_execute_wait_prints_each_step_and_exits_0_when_it_completes(daily: CliStack) -> None:
+    result = no_traceback(noetl("execute", "playbook", "cli/two", *port_args(daily), "--wait"))
+    lines = ok(result).splitlines()
+    assert re.fullmatch(r"execution (\d+): cli/two version 1", lines[0]), lines
+    eid = lines[0].split()[1].rstrip(":")
+    steps = [line.split() for line in lines[1:3]]
+    assert [(s[0], s[1]) for s in steps] == [("first", "completed"), ("second", "completed")]
+    assert all(re.fullmatch(r"\d+(\.\d+)?s", s[2]) for s in steps), steps
+    assert re.fullmatch(rf"execution {eid} completed in \S+", lines[3]), lines
+    assert json.loads(lines[4]) == {"status": "success", "data": {"loud": "HI"}}
+    assert status(daily, eid)["status"] == "completed"
+
+
+def test_execute_wait_json_is_the_final_execution_alone(daily: CliStack) -> None:
+    result = noetl(
+        "execute", "playbook", "cli/two", *port_args(daily), "--payload", '{"word": "yo"}', "--wait", "--json"
+    )
+    body = json.loads(ok(result))  # the whole of stdout is one document
+    assert result.stdout.count("\n") == 1
+    assert body["status"] == "completed" and body["result"]["data"] == {"loud": "YO"}
+    assert "step_completed" in [e["event_type"] for e in body["events"]]
+
+
+def test_execute_wait_exits_1_when_the_execution_fails(daily: CliStack) -> None:
+    result = no_traceback(noetl("execute", "playbook", "cli/fails", *port_args(daily), "--wait"))
+    assert result.returncode == 1, result
+    assert "  boom  failed" in result.stdout
+    assert re.search(r"noetl: execution \d+ failed: .*no luck", result.stderr), result.stderr
+
+
+def test_execute_wait_exits_3_when_cancelled_and_4_when_it_runs_past_the_timeout(daily: CliStack) -> None:
+    started = time.monotonic()
+    late = no_traceback(
+        noetl("execute", "playbook", "cli/slow", *port_args(daily), "--wait", "--timeout", "1.5")
+    )
+    assert late.returncode == 4 and "still running after 1.5s" in late.stderr, late
+    assert time.monotonic() - started < 30
+    eid = late.stdout.split()[1].rstrip(":")
+    cancelled = ok(noetl("execution", "cancel", eid, "--reason", "enough", *port_args(daily)))
+    assert cancelled.splitlines()[0] == f"execution {eid}: cancelled"
+
+    waiter = subprocess.Popen(
+        [*noetl_command(), "execute", "playbook", "cli/slow", *port_args(daily), "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with daily.api() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                items = client.get("/api/executions", params={"path": "cli/slow", "status": "running"}).json()
+                if items["items"]:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        other = items["items"][0]["execution_id"]
+        body = json.loads(ok(noetl("execution", "cancel", other, *port_args(daily), "--json")))
+        assert body["status"] == "cancelled"
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    assert waiter.returncode == 3, (out, err)
+    assert f"noetl: execution {other} was cancelled" in err and "Traceback" not in err
+
+
+def test_executions_list_filters_by_status_and_path(daily: CliStack) -> None:
+    eid = json.loads(ok(noetl("execute", "playbook", "cli/two", *port_args(daily), "--wait", "--json")))[
+        "execution_id"
+    ]
+    lines = ok(noetl("executions", "list", "--path", "cli/two", *port_args(daily))).splitlines()
+    assert lines[0].split() == ["ID", "PATH", "VERSION", "STATUS", "STARTED", "DURATION"]
+    rows = [line.split() for line in lines[1:-1]]
+    assert rows and all(row[1] == "cli/two" and row[3] == "completed" for row in rows), rows
+    assert rows[0][0] == eid  # newest first
+    assert re.fullmatch(r"\(\d+ executions?\)", lines[-1])
+
+    body = json.loads(ok(noetl("executions", "list", "--status", "failed", *port_args(daily), "--json")))
+    assert body["items"] and {i["status"] for i in body["items"]} == {"failed"}
+    assert {i["path"] for i in body["items"]} == {"cli/fails"}
+    limited = json.loads(ok(noetl("executions", "list", "--limit", "1", *port_args(daily), "--json")))
+    assert len(limited["items"]) == 1
+
+
+def test_execution_show_lists_its_steps_with_status_and_duration(daily: CliStack) -> None:
+    eid = json.loads(ok(noetl("execute", "playbook", "cli/two", *port_args(daily), "--wait", "--json")))[
+        "execution_id"
+    ]
+    lines = ok(noetl("execution", "show", eid, *port_args(daily))).splitlines()
+    assert lines[0] == f"execution {eid}: completed (cli/two version 1)"
+    assert lines[1].startswith("started ")
+    header = lines.index(next(line for line in lines if line.startswith("STEP")))
+    assert lines[header].split() == ["STEP", "STATUS", "ATTEMPTS", "DURATION", "WORKER"]
+    steps = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [s[:3] for s in steps] == [["first", "completed", "1"], ["second", "completed", "1"]]
+    worker_pids = {int(s[4].rsplit(":", 1)[1]) for s in steps}
+    assert worker_pids <= set(daily.worker_pids)
+    label, result = lines[header + 3].split(" ", 1)
+    assert label == "result:" and json.loads(result) == {"status": "success", "data": {"loud": "HI"}}
+
+    body = json.loads(ok(noetl("execution", "show", eid, *port_args(daily), "--json")))
+    assert body["execution_id"] == eid and body["status"] == "completed"
+    missing = no_traceback(noetl("execution", "show", "987654321", *port_args(daily)))
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+
+
+def test_pools_list_shows_each_worker_with_its_liveness(daily: CliStack) -> None:
+    body = json.loads(ok(noetl("pools", "list", "--runtime", CLI_RUNTIME, *port_args(daily), "--json")))
+    names = sorted(item["name"] for item in body["items"])
+    # Started without --name, each worker took a name of its own: host and pid.
+    assert names == sorted(f"{socket.gethostname()}-{pid}" for pid in daily.worker_pids)
+    lines = ok(noetl("pools", "list", "--runtime", CLI_RUNTIME, *port_args(daily))).splitlines()
+    assert lines[0].split() == ["NAME", "RUNTIME", "STATUS", "CAPACITY", "LAST", "BEAT", "HOST", "PID"]
+    for line in lines[1:-1]:
+        name, runtime, state, capacity, age, ago, host, pid = line.split()
+        assert (runtime, state, capacity, ago, host) == ("cli", "ready", "2", "ago", socket.gethostname())
+        assert name == f"{host}-{pid}" and float(age.rstrip("s")) < 30
+    assert lines[-1] == f"({CLI_WORKERS} pools)"
+    none = json.loads(
+        ok(
+            noetl(
+                "pools", "list", "--status", "offline", "--runtime", CLI_RUNTIME, *port_args(daily), "--json"
+            )
+        )
+    )
+    assert none["items"] == []
+
+
+def test_version_and_help_on_every_option() -> None:
+    from importlib.metadata import version
+
+    assert ok(noetl("--version")).strip() == f"noetl {version('noetl-control-plane')}"
+
+    import typer.main
+
+    from noetl.cli import app
+
+    missing: list[str] = []
+
+    def visit(command, path: str) -> None:
+        if not (command.help or "").strip():
+            missing.append(path)
+        for param in command.params:
+            if not (getattr(param, "help", None) or "").strip() and param.name != "help":
+                missing.append(f"{path} {param.name}")
+        for name, sub in getattr(command, "commands", {}).items():
+            visit(sub, f"{path} {name}")
+
+    root = typer.main.get_command(app)
+    visit(root, "noetl")
+    assert missing == []
+    assert {"executions", "execution", "pools", "execute", "events", "dev", "worker"} <= set(root.commands)
+
+
+def test_a_bad_argument_is_a_usage_error_without_a_traceback(cli_stack: CliStack) -> None:
+    for args in (
+        ["executions", "list", "--limit", "0"],
+        ["execute", "playbook"],
+        ["consumer", "nobody"],
+        ["worker", "--capacity", "none"],
+        ["pools", "list", "--bogus"],
+    ):
+        result = no_traceback(noetl(*args, *port_args(cli_stack)))
+        assert result.returncode == 2 and "Usage:" in result.stderr, (args, result.stderr)
+    unknown = noetl("consumer", "nobody", "runtime")
+    message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", unknown.stderr).split())  # out of rich's box
+    assert "unknown nobody; choose from " + ", ".join(CONSUMER_NAMES) in message

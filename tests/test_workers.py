@@ -891,6 +891,11 @@ async def test_a_worker_killed_mid_step_and_the_execution_completes_once_on_anot
     await wx.until(lambda: _async(pids_in(pid_dir)), what="the first attempt to start")
     victim.signal(signal.SIGKILL)
     assert await victim.exited(10) == -signal.SIGKILL
+    # Its step's process dies with it, and does not run on next to the retried attempt.
+    (orphan,) = pids_in(pid_dir)
+    await wx.until(
+        lambda: _async(process_gone(orphan)), timeout=10, what=f"the step's process {orphan} to die"
+    )
 
     # The lease runs out and the job goes to the other worker.
     second = (await wx.event(execution_id, "action_started", "work", count=2, timeout=30))[1]

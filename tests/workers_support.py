@@ -30,6 +30,7 @@ from conftest import ConsumerTask, Db, Servers, facade, reset_state
 from nats.js.errors import NotFoundError
 from psycopg.rows import dict_row
 
+from consumers.process import CONSUMER_NAMES
 from noetl.bus import subjects
 from noetl.contracts.execution import TERMINAL
 
@@ -39,7 +40,8 @@ WORKER_ENV = {
     "NOETL_WORKER_HEARTBEAT_INTERVAL": "1",
     "NOETL_WORKER_GRACE_SECONDS": "20",
 }
-STACK_CONSUMERS = ["runtime", "catalog", "execution", "credentials", "outbox"]
+# Every consumer but the sweeper: the worker tests do not wait on liveness.
+STACK_CONSUMERS = [name for name in CONSUMER_NAMES if name != "sweeper"]
 DOMAIN_TABLES = ("jobs", "executions", "catalog", "catalog_paths")
 
 # The events a worker's attempt causes: each names the step, the attempt and the worker.

@@ -8,7 +8,9 @@ import os
 import signal
 import socket
 
-from noetl.bus.connection import Bus
+from noetl.bus.connection import Bus, BusUnavailable
+from noetl.children import notify_ready
+from noetl.reach import probe_nats, until_reachable
 from noetl.settings import Settings
 from noetl.worker.jobs import JobRunner
 from noetl.worker.pool import WorkerPool
@@ -16,7 +18,15 @@ from noetl.worker.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 
-async def run_worker(settings: Settings, *, name: str, runtime: str, capacity: int) -> None:
+def default_name(settings: Settings) -> str:
+    """`NOETL_WORKER_NAME`, else one of its own per process: copies of a worker started from one
+    command line (`docker compose --scale`) must not share a name in the registry."""
+    return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_worker(settings: Settings, *, name: str | None, runtime: str, capacity: int) -> None:
+    name = name or default_name(settings)
+    await until_reachable(lambda: probe_nats(settings.nats_url), log)
     bus = Bus(settings.nats_url, name=f"noetl-worker-{name}")
     await bus.start(wait=True)
     pool = WorkerPool(
@@ -44,7 +54,15 @@ async def run_worker(settings: Settings, *, name: str, runtime: str, capacity: i
         loop.add_signal_handler(sig, request_stop, sig)
     try:
         await pool.start()
+        notify_ready()
         await asyncio.gather(pool.run(stop), jobs.run(stop, accepting=pool.healthy))
-        await pool.deregister()
+        try:
+            await pool.deregister()
+        except BusUnavailable:
+            log.warning(
+                "worker pool %s: NATS is gone, so it is not deregistered (the registry "
+                "marks it offline after NOETL_RUNTIME_OFFLINE_SECONDS)",
+                name,
+            )
     finally:
         await bus.close()

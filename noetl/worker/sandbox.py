@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
+
+from noetl.children import die_with_parent
 
 CHILD = r"""
 import datetime, inspect, json, os, sys, traceback, uuid
@@ -75,6 +78,10 @@ class Sandbox:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=READ_LIMIT,
+            # A terminal's Ctrl-C is for the worker, which lets running steps finish; and the
+            # child dies with its worker (also of SIGKILL), not next to the step's retried attempt.
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         return cls(proc)
 
