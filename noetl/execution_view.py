@@ -26,43 +26,27 @@ class StepEvent:
     worker: str | None
 
 
-# The step's status by event type, for events that do not carry it (see `step_event`).
-_STATUS_OF_TYPE = {
-    "step_started": "RUNNING",
-    "action_started": "RUNNING",
-    "action_completed": "COMPLETED",
-    "step_result": "COMPLETED",
-    "action_error": "FAILED",
-    "step_completed": "COMPLETED",
-    "step_failed": "FAILED",
-}
+CONTROL_NODES = frozenset({"start", "end", "router"})
 
 
 def step_event(event: dict[str, Any]) -> StepEvent | None:
-    """A step's event in the flat shape (`node_name`, `status`, `duration`, `worker_id`), or None
-    for the execution's own events.
-
-    Fallback for the earlier shape, where the step is `payload.step` and `payload.status` is the
-    execution's status, not the step's: the step's status comes from the event's type. Remove it
-    once every stored event is flat."""
+    """A step's event, or None for the execution's own events and those of control steps
+    (start, end, routers), which do no work to show."""
     event_type = str(event.get("event_type", ""))
-    if event_type not in STEP_EVENTS | FINISHING:
+    if event_type not in STEP_EVENTS | FINISHING or event.get("node_type") in CONTROL_NODES:
         return None
-    if "node_name" in event:
-        step, status, worker = event["node_name"], event.get("status"), event.get("worker_id")
-        duration = event.get("duration")
-    else:
-        payload = event.get("payload") or {}
-        step, status, worker, duration = payload.get("step"), None, payload.get("worker"), None
+    if event_type == "action_started" and event.get("current_index") is not None:
+        event_type = "item_started"  # a loop's item, not another attempt of the loop step
     stamp = event.get("timestamp")
+    duration = event.get("duration")
     return StepEvent(
         event_id=str(event.get("event_id", "")),
         event_type=event_type,
-        step=str(step or "?"),
-        status=str(status or _STATUS_OF_TYPE[event_type]).upper(),
+        step=str(event.get("node_name") or "?"),
+        status=str(event.get("status") or "").upper(),
         duration=float(duration) if isinstance(duration, int | float) else None,
         timestamp=datetime.fromisoformat(stamp) if isinstance(stamp, str) else None,
-        worker=str(worker) if worker else None,
+        worker=str(event["worker_id"]) if event.get("worker_id") else None,
     )
 
 

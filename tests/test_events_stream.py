@@ -68,6 +68,12 @@ async def following(js, filter_subject: str, **kwargs) -> AsyncIterator[Follower
         await follower.stop()
 
 
+# What a run of the hello playbook tells before a worker takes `greet`: its start, the `start`
+# step (a router) entered and done, and `greet` dispatched.
+STARTED = ["execution_start", "step_started", "step_completed", "step_started"]
+RUN_AND_CANCEL = [*STARTED, "execution_cancelled"]
+
+
 def types(items: list[StreamEvent]) -> list[str]:
     return [i.event.type for i in items]
 
@@ -88,22 +94,23 @@ async def test_subscriber_follows_one_execution_in_order(xstack: Stack, nc) -> N
     await register(xstack.client)
     async with following(js, subjects.execution_events(), new_only=True) as every:
         ids = await start_and_cancel(xstack, 3)
-        items = await every.until(6)
-    assert len(items) == 6
+        items = await every.until(15)
+    assert len(items) == 15
     sequences = [i.sequence for i in items]
-    assert sequences == sorted(sequences) and len(set(sequences)) == 6
+    assert sequences == sorted(sequences) and len(set(sequences)) == 15
     for eid in ids:
         mine = [i for i in items if i.event.entity == {"domain": "execution", "execution_id": eid}]
-        assert types(mine) == ["execution_start", "execution_cancelled"]
-        assert int(mine[0].event.id) < int(mine[1].event.id)
-        assert mine[0].event.payload["status"] == "running" and mine[0].event.payload["path"] == HELLO_PATH
-        assert mine[1].event.payload == {**mine[1].event.payload, "status": "cancelled", "reason": "test"}
+        assert types(mine) == RUN_AND_CANCEL
+        assert [int(i.event.id) for i in mine] == sorted(int(i.event.id) for i in mine)
+        start, cancelled = mine[0].event.payload, mine[-1].event.payload
+        assert start["status"] == "STARTED" and start["meta"]["path"] == HELLO_PATH
+        assert cancelled["status"] == "CANCELLED" and cancelled["context"] == {"reason": "test"}
 
     # A subscriber of one execution, replaying from the start, gets that one's events alone.
     async with following(js, subjects.execution_events(ids[1])) as one:
-        await one.until(2)
+        await one.until(5)
         await asyncio.sleep(0.3)
-    assert types(one.items) == ["execution_start", "execution_cancelled"]
+    assert types(one.items) == RUN_AND_CANCEL
     assert {i.event.entity["execution_id"] for i in one.items} == {ids[1]}
 
     # One event type across executions.
@@ -119,8 +126,8 @@ async def test_subscriber_of_everything_sees_catalog_and_execution_events(xstack
     async with following(js, subjects.EVENTS_ALL, new_only=True) as every:
         registered = await register(xstack.client)
         [eid] = await start_and_cancel(xstack, 1)
-        items = await every.until(3)
-    assert types(items) == ["catalog.registered", "execution_start", "execution_cancelled"]
+        items = await every.until(6)
+    assert types(items) == ["catalog.registered", *RUN_AND_CANCEL]
     assert items[0].event.entity == {"domain": "catalog", "path": HELLO_PATH}
     assert items[0].event.payload["catalog_id"] == registered["catalog_id"]
     assert items[1].event.entity["execution_id"] == eid
@@ -135,25 +142,26 @@ async def test_replay_from_sequence_and_time(xstack: Stack, nc) -> None:
     await register(xstack.client)
     first_ids = await start_and_cancel(xstack, 2)
     async with following(js, subjects.execution_events()) as everything:
-        stored = await everything.until(4)
-    assert [i.event.entity["execution_id"] for i in stored] == first_ids * 2
-    assert types(stored) == ["execution_start"] * 2 + ["execution_cancelled"] * 2
-    cut = stored[1].sequence
+        stored = await everything.until(10)
+    a, b = first_ids
+    assert [i.event.entity["execution_id"] for i in stored] == [a] * 4 + [b] * 4 + [a, b]
+    assert types(stored) == STARTED * 2 + ["execution_cancelled"] * 2
+    cut = stored[7].sequence
     async with following(js, subjects.execution_events(), start_seq=cut + 1) as later:
         await later.until(2)
         await asyncio.sleep(0.3)
-    assert [i.sequence for i in later.items] == [i.sequence for i in stored[2:]]
+    assert [i.sequence for i in later.items] == [i.sequence for i in stored[8:]]
 
     moment = datetime.now(UTC)
     await asyncio.sleep(0.05)
     [new_id] = await start_and_cancel(xstack, 1)
     async with following(js, subjects.execution_events(), start_time=moment) as since:
-        await since.until(2)
+        await since.until(5)
         await asyncio.sleep(0.3)
     assert {i.event.entity["execution_id"] for i in since.items} == {new_id}
     early = moment - timedelta(hours=1)
     async with following(js, subjects.execution_events(), start_time=early) as all_of_it:
-        assert len(await all_of_it.until(6)) == 6
+        assert len(await all_of_it.until(15)) == 15
 
 
 # --------------------------------------------------------------------------- Server-Sent Events
@@ -166,9 +174,10 @@ async def test_sse_execution_stream_stored_then_live_then_resume(xstack: Stack, 
     path = f"/api/executions/{eid}/events/stream"
 
     async with sse(live.client, path) as reader:
-        [stored] = await reader.take(1)
+        stored_events = await reader.take(4)
+        stored = stored_events[0]
         assert reader.retry == 2000
-        assert stored.event == "execution_start"
+        assert [e.event for e in stored_events] == STARTED
         assert stored.json()["entity"] == {"domain": "execution", "execution_id": eid}
         assert stored.id is not None and stored.id.isdigit()
         # Live: the cancel happens while the client is connected.
@@ -176,13 +185,14 @@ async def test_sse_execution_stream_stored_then_live_then_resume(xstack: Stack, 
         await live.client.post(f"/api/executions/{eid}/cancel", json={"reason": "live"})
         [cancelled] = await reader.take(1)
         assert cancelled.event == "execution_cancelled"
-        assert cancelled.json()["payload"]["reason"] == "live"
-        assert int(cancelled.id) > int(stored.id)
+        assert cancelled.json()["payload"]["context"] == {"reason": "live"}
+        assert int(cancelled.id) > int(stored_events[-1].id)
 
     # Resume after the first event: only what came after it, nothing repeated.
     async with sse(live.client, path, last_event_id=stored.id) as reader:
-        [resumed] = await reader.take(1)
-        assert (resumed.id, resumed.event, resumed.data) == (cancelled.id, cancelled.event, cancelled.data)
+        resumed = await reader.take(4)
+        expected = [*stored_events[1:], cancelled]
+        assert [(e.id, e.event, e.data) for e in resumed] == [(e.id, e.event, e.data) for e in expected]
         assert await reader.nothing_within(0.5)
 
     # Resume after the last: nothing until something new (nothing comes: the execution has ended).
@@ -195,8 +205,8 @@ async def test_sse_all_events_resume_has_no_gaps_or_repeats(xstack: Stack, live:
     first = [(await run(live.client, path=HELLO_PATH))["execution_id"] for _ in range(3)]
     received = []
     async with sse(live.client, "/api/events/stream") as reader:
-        received += await reader.take(4)  # catalog.registered and three execution_start
-        assert [e.event for e in received] == ["catalog.registered"] + ["execution_start"] * 3
+        received += await reader.take(13)  # catalog.registered and three runs started
+        assert [e.event for e in received] == ["catalog.registered", *STARTED * 3]
     last_seen = received[-1].id
 
     # While disconnected, more happens.
@@ -205,8 +215,8 @@ async def test_sse_all_events_resume_has_no_gaps_or_repeats(xstack: Stack, live:
     second = (await run(live.client, path=HELLO_PATH))["execution_id"]
 
     async with sse(live.client, "/api/events/stream", last_event_id=last_seen) as reader:
-        resumed = await reader.take(4)
-        assert [e.event for e in resumed] == ["execution_cancelled"] * 3 + ["execution_start"]
+        resumed = await reader.take(7)
+        assert [e.event for e in resumed] == ["execution_cancelled"] * 3 + STARTED
         assert resumed[-1].json()["entity"]["execution_id"] == second
         # Live after the replay, on the same connection.
         await live.client.post(f"/api/executions/{second}/cancel")

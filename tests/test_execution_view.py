@@ -1,6 +1,6 @@
-"""How the CLI reads an execution's steps from its events: the flat shape (`node_name`, `status`,
-`duration`) and the earlier one (`payload.step`, the step's status from the event type) give the
-same runs; and JSON logs carry the fields a log call passes."""
+"""How the CLI reads an execution's steps from its events: the runs of the steps that do work
+(control steps and loop items are not runs of their own); and JSON logs carry the fields a log
+call passes."""
 
 from __future__ import annotations
 
@@ -20,26 +20,19 @@ T3 = "2026-01-01T10:00:05+00:00"
 
 
 def flat(event_id: int, event_type: str, step: str | None, status: str, at: str, **more: Any) -> dict:
-    node_type = "playbook" if step is None else "step"
     return {
         "event_id": str(event_id),
         "event_type": event_type,
         "node_id": f"7:{step}",
         "node_name": step or "demo",
-        "node_type": node_type,
+        "node_type": more.pop("node_type", "playbook" if step is None else "python"),
         "status": status,
         "duration": more.pop("duration", None),
         "timestamp": at,
         "worker_id": more.pop("worker_id", None),
+        "current_index": more.pop("current_index", None),
         **more,
     }
-
-
-def old(event_id: int, event_type: str, step: str | None, at: str, **payload: Any) -> dict:
-    body = {"status": "running", "path": "demo", "version": 1, **payload}  # the execution's status
-    if step is not None:
-        body["step"] = step
-    return {"event_id": str(event_id), "event_type": event_type, "timestamp": at, "payload": body}
 
 
 FLAT = [
@@ -54,30 +47,28 @@ FLAT = [
     flat(9, "action_started", "shout", "RUNNING", T2, worker_id="w@h:1"),
     flat(10, "step_failed", "shout", "FAILED", T3),
 ]
-OLD = [
-    old(1, "execution_start", None, T0),
-    old(2, "step_started", "greet", T0, attempt=1),
-    old(3, "action_started", "greet", T0, attempt=1, worker="w@h:1"),
-    old(4, "action_error", "greet", T1, attempt=1, worker="w@h:1"),
-    old(5, "action_started", "greet", T1, attempt=2, worker="w@h:2"),
-    old(6, "action_completed", "greet", T2, attempt=2, worker="w@h:2"),
-    old(7, "step_completed", "greet", T2, attempt=2, worker="w@h:2"),
-    old(8, "step_started", "shout", T2, attempt=1),
-    old(9, "action_started", "shout", T2, attempt=1, worker="w@h:1"),
-    old(10, "step_failed", "shout", T3, attempt=1, worker="w@h:1"),
-]
 
 
-@pytest.mark.parametrize("events", [FLAT, OLD], ids=["flat", "payload"])
-def test_both_shapes_give_the_same_step_runs(events: list[dict]) -> None:
-    runs = step_runs(events)
+def test_the_runs_of_the_steps_that_do_work() -> None:
+    runs = step_runs(FLAT)
     assert [(r.step, r.status, r.attempts, r.worker, r.finished_by) for r in runs] == [
         ("greet", "COMPLETED", 2, "w@h:2", "7"),
         ("shout", "FAILED", 1, "w@h:1", "10"),
     ]
-    # The flat shape says how long the step took; the earlier one is timed by its events.
-    assert runs[0].duration == (1.75 if events is FLAT else 2.0)
-    assert runs[1].duration == 3.0
+    assert runs[0].duration == 1.75  # as the event says
+    assert runs[1].duration == 3.0  # timed by its events
+
+
+def test_control_steps_are_left_out_and_loop_items_are_not_attempts() -> None:
+    events = [
+        flat(1, "step_started", "start", "RUNNING", T0, node_type="start"),
+        flat(2, "step_completed", "start", "COMPLETED", T0, node_type="start"),
+        flat(3, "step_started", "each", "RUNNING", T0, node_type="iterator"),
+        *[flat(4 + i, "action_started", "each", "RUNNING", T1, current_index=i) for i in range(3)],
+        flat(9, "step_completed", "each", "COMPLETED", T2, node_type="iterator", duration=2.0),
+    ]
+    runs = step_runs(events)
+    assert [(r.step, r.status, r.attempts, r.duration) for r in runs] == [("each", "COMPLETED", 0, 2.0)]
 
 
 def test_a_step_reached_twice_ran_twice_and_one_running_has_no_duration() -> None:

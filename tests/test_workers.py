@@ -151,9 +151,24 @@ async def test_hello_world_completes_with_its_result(wx: WorkerStack) -> None:
         ("COMPLETED", "end"),
         ("COMPLETED", "playbook"),
     ]
-    fields = {"event_id", "event_type", "node_id", "node_name", "node_type", "status", "duration", "timestamp",
-              "created_at", "context", "result", "error", "current_index", "current_item", "worker_id",
-              "parent_event_id"}
+    fields = {
+        "event_id",
+        "event_type",
+        "node_id",
+        "node_name",
+        "node_type",
+        "status",
+        "duration",
+        "timestamp",
+        "created_at",
+        "context",
+        "result",
+        "error",
+        "current_index",
+        "current_item",
+        "worker_id",
+        "parent_event_id",
+    }
     for event in detail["events"]:
         assert fields <= event.keys(), event
         assert isinstance(event["event_id"], str)
@@ -168,7 +183,9 @@ async def test_hello_world_completes_with_its_result(wx: WorkerStack) -> None:
     assert completed["result"] == {"status": "success", "data": {"message": "Hello World"}}
     assert completed["duration"] >= action_completed["duration"] >= 0
     # Times are when things happened, each event its own.
-    times = [datetime.fromisoformat(e["timestamp"]) for e in (started, action_started, action_completed, completed)]
+    times = [
+        datetime.fromisoformat(e["timestamp"]) for e in (started, action_started, action_completed, completed)
+    ]
     assert times == sorted(times) and len(set(times)) > 1, times
     (complete,) = events_of(detail, "execution_complete")
     assert complete["result"] == detail["result"]
@@ -785,11 +802,16 @@ REFUSED = {
         ["missing", "ghost"],
     ),
     "no-main": (
-        playbook("tests/workers/refused-nomain", [python_step("begin", "x = 1\n", next=to_end()), {"step": "end"}]),
+        playbook(
+            "tests/workers/refused-nomain", [python_step("begin", "x = 1\n", next=to_end()), {"step": "end"}]
+        ),
         ["begin", "does not define main"],
     ),
     "python-syntax": (
-        playbook("tests/workers/refused-syntax", [python_step("begin", "def main(:\n", next=to_end()), {"step": "end"}]),
+        playbook(
+            "tests/workers/refused-syntax",
+            [python_step("begin", "def main(:\n", next=to_end()), {"step": "end"}],
+        ),
         ["begin", "does not compile", "line 1"],
     ),
     "template-syntax": (
@@ -800,7 +822,10 @@ REFUSED = {
         ["begin", "does not parse"],
     ),
     "unknown-type": (
-        playbook("tests/workers/refused-type", [{"step": "begin", "type": "cobol", "next": to_end()}, {"step": "end"}]),
+        playbook(
+            "tests/workers/refused-type",
+            [{"step": "begin", "type": "cobol", "next": to_end()}, {"step": "end"}],
+        ),
         ["begin", "unknown type 'cobol'"],
     ),
     "retry-not-a-number": (
@@ -1025,9 +1050,7 @@ async def test_a_step_reports_its_start_apart_only_when_it_runs_long(wx: WorkerS
         ("slow", "started"),
         ("slow", "completed"),
     ]
-    slow = [
-        datetime.fromisoformat(e["timestamp"]) for e in events_of(detail, step="slow")
-    ]
+    slow = [datetime.fromisoformat(e["timestamp"]) for e in events_of(detail, step="slow")]
     assert (slow[2] - slow[1]).total_seconds() >= 0.4  # its start was told while it ran
 
 
