@@ -215,7 +215,8 @@ def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, nats_
     for i in range(opts.workers):
         name = f"local-{i + 1}" if opts.workers > 1 else "local"
         argv = [*noetl, "worker", "--name", name]
-        supervisor.add(Command(f"worker {name}", argv, bus_env, tier=0, stop_timeout=grace + 10))
+        worker_env = bus_env | {"NOETL_WORKER_DATA_DIR": str(data_dir / "worker")}
+        supervisor.add(Command(f"worker {name}", argv, worker_env, tier=0, stop_timeout=grace + 10))
         _say(f"worker       {name} (runtime python)")
     api = [*noetl, "api", "--host", HOST, "--port", str(opts.port)]
     supervisor.add(Command("api", api, bus_env | key_env, tier=0, stop_timeout=15))

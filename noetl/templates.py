@@ -111,6 +111,21 @@ def render(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
+def render_lenient(value: Any, context: Mapping[str, Any]) -> Any:
+    """`render`, keeping any string that does not render as it is (a workload's templates that
+    name what only some steps have)."""
+    if isinstance(value, str):
+        try:
+            return _render_string(value, context, coerce=True)
+        except RenderError:
+            return value
+    if isinstance(value, dict):
+        return {key: render_lenient(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_lenient(item, context) for item in value]
+    return value
+
+
 def render_text(template: str, context: Mapping[str, Any]) -> str:
     """Render to text as it is (SQL, URLs): no reading back as JSON or numbers."""
     value = _render_string(template, context, coerce=False)

@@ -204,6 +204,8 @@ class Workers:
             "PYTHONUNBUFFERED": "1",
             "NOETL_NATS_URL": self.nats_url,
             **WORKER_ENV,
+            # DuckDB files are per execution id, which starts again with each test session.
+            "NOETL_WORKER_DATA_DIR": str(self.root / "worker-data"),
             **env,
         }
         with log.open("wb") as out:
@@ -278,7 +280,7 @@ def flat(event: dict[str, Any]) -> dict[str, Any]:
     return {
         **event,
         "type": event["event_type"],
-        "step": event["node_name"] if event["node_type"] != "playbook" else None,
+        "step": None if event["event_type"].startswith("execution_") else event["node_name"],
         "attempt": meta.get("attempt"),
         "job_id": meta.get("job_id"),
         "worker": event["worker_id"],

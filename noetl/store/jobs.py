@@ -85,11 +85,13 @@ _COLUMNS = (
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 
-# Control jobs are finished when written; the others start their clock when they run.
+# Control jobs are done when written, loops and sub-playbooks run from then on; jobs for workers
+# start their clock when a worker runs them.
 INSERT = f"""
 INSERT INTO jobs ({_NAMES}, started_at, ended_at) OVERRIDING SYSTEM VALUE
 SELECT {_NAMES},
-       CASE WHEN u.status = 'completed' THEN now() END, CASE WHEN u.status = 'completed' THEN now() END
+       CASE WHEN u.status IN ('completed', 'running') THEN now() END,
+       CASE WHEN u.status = 'completed' THEN now() END
 FROM jsonb_to_recordset(%s::jsonb) AS u({", ".join(f"{n} {t}" for n, t in _COLUMNS)})
 RETURNING job_id, dispatched_at
 """

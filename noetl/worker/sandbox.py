@@ -5,7 +5,8 @@ fresh namespace (with NoETL's globals `context`, `os`, `json`, `datetime` and `u
 `main` the way NoETL always did, and writes a JSON answer on its own copy of stdout (the step's
 prints go to stderr). `main()` takes nothing; `main(input_data)` gets `{context, with, **data}`;
 `main(**kwargs)` gets `context` and every input; named parameters get the inputs (or `context`)
-of those names, and a missing one without a default is an error. A step that overruns its
+of those names (an input named `input_data` too), and a missing one without a default is an
+error. A step that overruns its
 timeout, or is cancelled, costs its child: the child is killed and a new one started for the next
 step. Keeping children alive spares the ~20 ms start of a Python interpreter on every step.
 """
@@ -30,7 +31,7 @@ def call(main, data, context):
     params = inspect.signature(main).parameters
     if not params:
         return main()
-    if list(params) == ["input_data"]:
+    if list(params) == ["input_data"] and "input_data" not in data:
         return main({"context": context, "with": data, **data})
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return main(**{"context": context, **data})

@@ -50,15 +50,21 @@ async def run_step(job: Job, tools: Tools, max_result_bytes: int) -> Outcome:
     if runner is None:
         raise StepFailed(f"a worker does not run {step.type!r} steps")
     attempt = StepRun(job=job, step=step, tools=tools)
-    await prepare(attempt)
-    result = await runner(attempt)
-    saved = None
-    if step.save is not None and step.type != StepType.SAVE:
-        try:
-            saved = await save.save(attempt, step.save, result)
-        except StepFailed as exc:
-            raise StepFailed(f"the step ran, but its save failed: {exc}") from None
+    try:
+        await prepare(attempt)
+        result = await runner(attempt)
+        saved = None
+        if step.save is not None and step.type != StepType.SAVE:
+            try:
+                saved = await save.save(attempt, step.save, result)
+            except StepFailed as exc:
+                raise StepFailed(f"the step ran, but its save failed: {exc}") from None
+    except StepFailed as exc:
+        raise StepFailed(attempt.redact(str(exc))) from None
+    result = attempt.redact(result)
     size = len(json.dumps(result, default=str))
     if size > max_result_bytes:
-        raise StepFailed(f"the step's result is {size} bytes; at most {max_result_bytes} can be kept (NOETL_LIMIT_RESULT_BYTES)")
-    return Outcome(result, saved, attempt.input)
+        raise StepFailed(
+            f"the step's result is {size} bytes; at most {max_result_bytes} can be kept (NOETL_LIMIT_RESULT_BYTES)"
+        )
+    return Outcome(result, attempt.redact(saved), attempt.redact(attempt.input))

@@ -4,6 +4,7 @@ its credentials, and the one error a step fails with."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from noetl.contracts.credentials import Credential
 from noetl.contracts.jobs import Job
 from noetl.playbook.auth import SECRET_REF, AuthError, AuthItem, items
 from noetl.playbook.steps import Step
-from noetl.templates import RenderError, render
+from noetl.templates import RenderError, render, render_lenient
 from noetl.worker.credentials import CredentialsUnavailable, fetch_credentials
 from noetl.worker.sandbox import SandboxPool
 
@@ -48,6 +49,7 @@ class StepRun:
     scope: dict[str, Any] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)
     credentials: dict[str, Credential] = field(default_factory=dict)
+    secrets: set[str] = field(default_factory=set)  # values no report may carry
 
     @property
     def timeout(self) -> float:
@@ -83,6 +85,37 @@ class StepRun:
         return resolved
 
 
+    def redact(self, value: Any) -> Any:
+        """`value` with every secret this step knows replaced by `***`."""
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {key: self.redact(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.redact(item) for item in value]
+        return value
+
+
+REDACTED = "***"
+SECRET_FIELDS = re.compile(r"pass|secret|token|key|private|credential", re.IGNORECASE)
+MIN_SECRET_LENGTH = 4  # shorter values would redact everything that contains them
+
+
+def _secret_strings(value: Any, found: set[str]) -> None:
+    if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+        found.add(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _secret_strings(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _secret_strings(item, found)
+
+
 def _service(credential_type: str) -> str | None:
     """A credential's service from its type, as NoETL inferred it (postgres, gcs, s3, azure)."""
     lowered = credential_type.lower()
@@ -98,7 +131,9 @@ async def prepare(run: StepRun) -> None:
             run.credentials = await fetch_credentials(run.tools.requester, job.job_id, job.credentials)
         except CredentialsUnavailable as exc:
             raise StepFailed(str(exc)) from None
-    context = _resolve_secrets(job.context, run.credentials)
+    for credential in run.credentials.values():
+        _secret_strings({k: v for k, v in credential.data.items() if SECRET_FIELDS.search(k)}, run.secrets)
+    context = _resolve_secrets(job.context, run.credentials, run.secrets)
     scope: dict[str, Any] = {
         **context,
         "execution_id": job.execution_id,
@@ -122,6 +157,7 @@ async def prepare(run: StepRun) -> None:
         if loop.chunked:
             scope["batch"] = loop.item
         scope["value"] = loop.item
+    _render_workload(scope)
     run.scope = scope
     payload = run.render(job.payload or {}, "the transition's data")
     scope.update(payload)
@@ -133,16 +169,31 @@ async def prepare(run: StepRun) -> None:
     scope["input"] = scope["data"] = run.input
 
 
-def _resolve_secrets(value: Any, credentials: Mapping[str, Credential]) -> Any:
+def _render_workload(scope: dict[str, Any]) -> None:
+    """A workload is stored as written: its own templates (`{{ env.PG_HOST | default('db') }}`,
+    `{{ job.uuid }}`) are rendered where a step uses it, leniently (NoETL did the same)."""
+    workload = scope.get("workload")
+    if not isinstance(workload, dict):
+        return
+    rendered = render_lenient(workload, scope)
+    for key, value in workload.items():
+        if scope.get(key) is value:  # the workload's keys, at top level
+            scope[key] = rendered[key]
+    scope["workload"] = rendered
+
+
+def _resolve_secrets(value: Any, credentials: Mapping[str, Credential], found: set[str]) -> Any:
     """The context with each secret reference replaced by its value (fetched as a credential, or
-    read from this worker's environment)."""
+    read from this worker's environment); each value is added to `found`."""
     if isinstance(value, dict):
         ref = value.get(SECRET_REF)
         if isinstance(ref, dict) and len(value) == 1:
-            return _secret_value(ref, credentials)
-        return {k: _resolve_secrets(v, credentials) for k, v in value.items()}
+            secret = _secret_value(ref, credentials)
+            _secret_strings(secret, found)
+            return secret
+        return {k: _resolve_secrets(v, credentials, found) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_secrets(v, credentials) for v in value]
+        return [_resolve_secrets(v, credentials, found) for v in value]
     return value
 
 

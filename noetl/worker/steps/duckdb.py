@@ -21,7 +21,8 @@ from noetl.playbook.steps import DuckdbStep
 from noetl.worker.steps.base import StepFailed, StepRun
 from noetl.worker.steps.postgres import plain, rendered
 
-EXTENSION_STATEMENT = re.compile(r"^\s*(?:FORCE\s+)?(INSTALL|LOAD)\s+['\"]?(\w+)['\"]?", re.IGNORECASE)
+EXTENSION_STATEMENT = re.compile(r"^(?:FORCE\s+)?(INSTALL|LOAD)\s+['\"]?(\w+)['\"]?", re.IGNORECASE)
+LEADING_COMMENTS = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 SECRET_EXTENSIONS = {"postgres": "postgres", "postgresql": "postgres", "gcs": "httpfs", "s3": "httpfs"}
 # What DuckDB may do by itself: load what is installed, never fetch anything.
 CONFIG = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "true"}
@@ -36,7 +37,9 @@ def database_path(run: StepRun, database: str | None) -> str:
 
 
 def installed(con: duckdb.DuckDBPyConnection) -> set[str]:
-    return {row[0] for row in con.execute("SELECT extension_name FROM duckdb_extensions() WHERE installed").fetchall()}
+    """The installed extensions, by name and by alias (`postgres` is `postgres_scanner`)."""
+    rows = con.execute("SELECT extension_name, aliases FROM duckdb_extensions() WHERE installed").fetchall()
+    return {name.lower() for row in rows for name in (row[0], *(row[1] or []))}
 
 
 def _missing(name: str) -> StepFailed:
@@ -89,7 +92,7 @@ def run_script(path: str, sql: str, secrets: list[tuple[str, str]]) -> dict[str,
                 raise _missing(extension)
             con.execute(statement)
         for query in statements:
-            wanted = EXTENSION_STATEMENT.match(query)
+            wanted = EXTENSION_STATEMENT.match(LEADING_COMMENTS.sub("", query, count=1))
             if wanted is not None:
                 if wanted.group(2).lower() not in have:
                     raise _missing(wanted.group(2).lower())

@@ -78,6 +78,8 @@ async def save(run: StepRun, spec: Save, result: Any) -> dict[str, Any]:
     """Save `result` as `spec` says; returns what was saved, for the step's event."""
     names = {"result": result, "this": result}
     data = result if spec.data is None else run.render(spec.data, "`save.data`", names)
+    if spec.table:
+        spec = spec.model_copy(update={"table": str(run.render(spec.table, "`save.table`", names))})
     auth = spec.auth if spec.auth is not None else run.step.auth
     if spec.storage == "event":
         return {"saved": "event", "data": data}
