@@ -96,8 +96,64 @@ workflow:
   - step: end
 """
 
-FULL = {"executions": 3000, "warmup_executions": 200, "time_limit": 300.0, "light_executions": 300}
-QUICK = {"executions": 500, "warmup_executions": 64, "time_limit": 75.0, "light_executions": 100}
+# The loop figure: one execution whose iterator runs a trivial python task per item, async.
+LOOP_PATH = "bench/loop"
+LOOP_PLAYBOOK = """\
+apiVersion: noetl.io/v1
+kind: Playbook
+metadata:
+  name: loop
+  path: bench/loop
+workload:
+  items: 10
+workflow:
+  - step: start
+    next:
+      - step: make
+  - step: make
+    type: python
+    data:
+      n: "{{ workload.items }}"
+    code: |
+      def main(n):
+          return list(range(n))
+    next:
+      - step: each
+  - step: each
+    type: iterator
+    mode: async
+    concurrency: 64
+    collection: "{{ make }}"
+    element: i
+    task:
+      type: python
+      data:
+        i: "{{ i }}"
+      code: |
+        def main(i):
+            return i * 2
+    next:
+      - step: end
+  - step: end
+    result:
+      items: "{{ each | length }}"
+      last: "{{ each[-1] }}"
+"""
+
+FULL = {
+    "executions": 3000,
+    "warmup_executions": 200,
+    "time_limit": 300.0,
+    "light_executions": 300,
+    "loop_items": 10_000,
+}
+QUICK = {
+    "executions": 500,
+    "warmup_executions": 64,
+    "time_limit": 75.0,
+    "light_executions": 100,
+    "loop_items": 2_000,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,22 +323,19 @@ class WorkersBench:
     def analyse(self, ids: list[int]) -> dict[str, Any]:
         """Per-step figures from the events table, for the measured executions only."""
         st = self.stack
+        # A step's events name its step_started as their parent: dispatch is the time from that
+        # event (the broker's clock) to action_started (the worker's, when the attempt began).
         rows = st.sql(
             f"""
-            SELECT /* {MARK} */ s.payload->>'step',
-                   extract(epoch FROM a.created_at - (s.payload->>'dispatched_at')::timestamptz),
+            SELECT /* {MARK} */ s.payload->>'node_name',
+                   extract(epoch FROM a.created_at - s.created_at),
                    extract(epoch FROM c.created_at - a.created_at)
             FROM events s
-            JOIN events a ON a.type = 'action_started'
-                AND a.entity->>'domain' = 'execution'
-                AND (a.entity->>'execution_id')::bigint = (s.entity->>'execution_id')::bigint
-                AND a.payload->>'job_id' = s.payload->>'job_id'
-                AND a.payload->>'attempt' = s.payload->>'attempt'
-            LEFT JOIN events c ON c.type = 'step_completed'
-                AND c.entity->>'domain' = 'execution'
-                AND (c.entity->>'execution_id')::bigint = (s.entity->>'execution_id')::bigint
-                AND c.payload->>'job_id' = s.payload->>'job_id'
+            JOIN events a ON a.type = 'action_started' AND a.payload->>'parent_event_id' = s.event_id::text
+            LEFT JOIN events c
+                ON c.type = 'step_completed' AND c.payload->>'parent_event_id' = s.event_id::text
             WHERE s.type = 'step_started' AND s.entity->>'domain' = 'execution'
+              AND s.payload->>'node_type' = 'python'
               AND (s.entity->>'execution_id')::bigint = ANY(%s)
             """,
             (ids,),
@@ -379,12 +432,19 @@ class WorkersBench:
             log(f"light load: {args.light_executions} executions, {args.light_concurrency} at a time")
             res, ctx = st.measure("light", lambda: self.load(args.light_executions, args.light_concurrency))
             result["light"] = self.summarise(res, ctx)
+        if args.loop_items > 0:
+            st.settle(purge_jobs=False, checkpoint=False)
+            st.register_playbook(LOOP_PLAYBOOK)
+            st.sampler.phase = "loop"
+            log(f"loop: one iterator over {args.loop_items} items, async, 64 at once")
+            res, ctx = st.measure("loop", lambda: self.run_loop(args.loop_items))
+            result["loop"] = self.summarise_loop(res, ctx)
         result["jobs_left"] = self.jobs_left()
         result["dead_letters"] = st.sql(f"SELECT /* {MARK} */ count(*) FROM dead_letters")[0][0]
         result["peak_rss_mb"] = {
             phase: fold_rss(peaks)
             for phase, peaks in st.sampler.peaks.items()
-            if phase in ("warmup", "run", "light")
+            if phase in ("warmup", "run", "light", "loop")
         }
         result["finished"] = datetime.now(UTC).isoformat()
         return result
@@ -428,6 +488,73 @@ class WorkersBench:
             f"(steady {steady or 0:.1f}/s), e2e p50 {summary['e2e']['p50_ms']} ms "
             f"p99 {summary['e2e']['p99_ms']} ms, dispatch p50 {summary['steps']['dispatch']['p50_ms']} ms, "
             f"other load {ctx['host']['other_cores']:.2f} cores"
+        )
+        return summary
+
+    def run_loop(self, items: int) -> dict[str, Any]:
+        """Run the loop playbook once and wait for its end (bounded by --time-limit)."""
+        import httpx
+
+        base = f"http://{HOST}:{self.stack.facade_port}"
+        started = time.perf_counter()
+        body = httpx.post(
+            f"{base}{RUN_PATH}", json={"path": LOOP_PATH, "parameters": {"items": items}}, timeout=30
+        )
+        body.raise_for_status()
+        execution_id = body.json()["execution_id"]
+        deadline = started + self.args.time_limit
+        while time.perf_counter() < deadline:
+            doc = httpx.get(f"{base}/api/executions?path={LOOP_PATH}&limit=1", timeout=30).json()
+            status = next((i["status"] for i in doc["items"] if i["execution_id"] == execution_id), "running")
+            if status != "running":
+                break
+            time.sleep(0.5)
+        else:
+            status = "timeout"
+        return {"execution_id": execution_id, "status": status, "seconds": time.perf_counter() - started}
+
+    def summarise_loop(self, res: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+        """Items per second from the loop's own events (first item dispatched to the loop's end),
+        and the consumer's CPU per item."""
+        st = self.stack
+        eid = int(res["execution_id"])
+        first, last, items = st.sql(
+            f"""SELECT /* {MARK} */ min(created_at) FILTER (WHERE type = 'loop_iteration'),
+                       max(created_at) FILTER (WHERE type = 'loop_completed'),
+                       count(*) FILTER (WHERE type = 'loop_iteration')
+                FROM events
+                WHERE entity->>'domain' = 'execution' AND (entity->>'execution_id')::bigint = %s""",
+            (eid,),
+        )[0]
+        result = st.sql(f"SELECT /* {MARK} */ result FROM executions WHERE execution_id = %s", (eid,))[0][0]
+        seconds = (last - first).total_seconds() if first and last else None
+        consumer_cpu = sum(v for k, v in ctx["cpu_s"].items() if k.startswith("consumer"))
+        summary = {
+            "status": res["status"],
+            "items": items,
+            "result": result,
+            "seconds": seconds,
+            "items_per_s": items / seconds if seconds else 0.0,
+            "consumer_cpu_ms_per_item": round(consumer_cpu * 1000 / max(1, items), 3),
+            "cpu_ms_per_item": {k: round(v * 1000 / max(1, items), 3) for k, v in ctx["cpu_s"].items()},
+            "cpu_cores": {k: round(v / ctx["seconds"], 3) for k, v in ctx["cpu_s"].items()},
+            "host": ctx["host"],
+            "db": db_delta(ctx["db0"], ctx["db1"], ctx["seconds"], per=max(1, items)),
+            "events_per_item": inserted(ctx, "events") / max(1, items),
+        }
+        peak = self.stack.sampler.peaks.get("loop", {})
+        summary["consumer_peak_rss_mb"] = round(
+            max((v for k, v in peak.items() if k.startswith("consumer")), default=0) / 2**20, 1
+        )
+        summary["pass"] = bool(
+            res["status"] == "completed"
+            and summary["items_per_s"] >= 300
+            and summary["consumer_peak_rss_mb"] < 150
+        )
+        log(
+            f"  {items} items in {seconds or 0:.1f} s: {summary['items_per_s']:.0f} items/s, "
+            f"consumer {summary['consumer_cpu_ms_per_item']} ms CPU per item, "
+            f"peak RSS {summary['consumer_peak_rss_mb']} MB"
         )
         return summary
 
@@ -561,9 +688,27 @@ def render(result: dict[str, Any]) -> str:
     if rss:
         add("")
         add("4. Peak RSS (MB) during the run: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    loop = result.get("loop")
+    if loop:
+        add("")
+        add(
+            f"5. Loop: one iterator over {loop['items']:,} items (async, 64 at once): {loop['status']}, "
+            f"{loop['items_per_s']:.0f} items/s (target >= 300), "
+            f"{'PASS' if loop['pass'] else 'MISS'}"
+        )
+        add(
+            f"   consumer CPU {loop['consumer_cpu_ms_per_item']:.3f} ms per item; consumer peak RSS "
+            f"{loop['consumer_peak_rss_mb']:.0f} MB (target < 150); "
+            f"events per item {loop['events_per_item']:.1f}"
+        )
+        cpu = loop["cpu_ms_per_item"]
+        add(
+            "   CPU ms per item: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+        )
     if result.get("profile"):
         add("")
-        add("5. py-spy: share of busy samples (self, then inclusive for the project's functions)")
+        add("6. py-spy: share of busy samples (self, then inclusive for the project's functions)")
         lines += render_profile(result["profile"])
     add("")
     add(f"jobs left in NOETL_JOBS: {result['jobs_left']}; dead letters: {result['dead_letters']}")
@@ -610,6 +755,7 @@ def parser() -> argparse.ArgumentParser:
         "--light-executions", type=int, help="executions of the light-load latency run (0 to skip)"
     )
     g.add_argument("--light-concurrency", type=int, default=4, help="in flight during the light run")
+    g.add_argument("--loop-items", type=int, help="items of the loop figure's iterator (0 to skip it)")
     g = p.add_argument_group("profiling")
     g.add_argument("--profile", metavar="DIR", help="py-spy the consumer, facade and a worker into DIR")
     g.add_argument("--profile-seconds", type=float, default=20.0)

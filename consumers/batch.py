@@ -1,22 +1,30 @@
-"""The writes of one broker transaction, held until its end and made together: ids drawn in one
-round trip, every new job in one statement, every event (and every job message for the worker
-pools) in one more."""
+"""The writes of one broker transaction (one consumer batch of commands), held until its end and
+made together: ids drawn in one round trip, every new job in one statement, every execution's
+counts in one, every event (and every job message for the worker pools) in one more.
+
+The batch also keeps one broker per execution it touches, so that several commands about one
+execution in a batch see each other's effects.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
 from consumers.events import cancel_child
 from noetl.bus import subjects
 from noetl.contracts.jobs import Job, LoopItem
-from noetl.store import executions as store
 from noetl.store import jobs as job_store
 from noetl.store.jobs import NewJob, PendingItem
 from noetl.store.outbox import NewEvent, add_events
+
+if TYPE_CHECKING:
+    from consumers.broker import Broker
 
 
 @dataclass(slots=True)
@@ -35,8 +43,7 @@ class Dispatch:
 
     def event(self) -> NewEvent:
         job_id = self.job.job_id
-        dispatched_at = self.job.dispatched_at
-        assert job_id is not None and isinstance(dispatched_at, datetime)
+        assert job_id is not None
         message = Job(
             job_id=str(job_id),
             execution_id=str(self.execution_id),
@@ -47,7 +54,7 @@ class Dispatch:
             loop=self.loop,
             credentials=list(self.credentials),
             runtime=self.runtime,
-            dispatched_at=dispatched_at,
+            dispatched_at=self.job.dispatched_at,
         )
         return NewEvent(
             type="job.dispatched",
@@ -57,20 +64,29 @@ class Dispatch:
         )
 
 
+_CURRENT: ContextVar[Batch | None] = ContextVar("noetl_broker_batch", default=None)
+
+
 class Batch:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.jobs: list[NewJob] = []
         self.events: list[NewEvent] = []
         self.dispatches: list[Dispatch] = []
-        self.steps: dict[int, int] = {}  # execution id -> steps dispatched in this batch
-        self.progress: dict[int, int] = {}
+        self.brokers: dict[int, Broker] = {}
+
+    @classmethod
+    def current(cls) -> Batch:
+        batch = _CURRENT.get()
+        assert batch is not None, "the broker runs inside `batch(conn)`"
+        return batch
 
     def add_job(self, job: NewJob) -> NewJob:
         self.jobs.append(job)
-        if job.loop is None:
-            self.steps[job.execution_id] = self.steps.get(job.execution_id, 0) + 1
         return job
+
+    def cancel_child(self, child_execution_id: int, reason: str) -> None:
+        self.events.append(cancel_child(child_execution_id, reason))
 
     async def event_id(self, event: NewEvent | int | None) -> int | None:
         """The id of an event of this batch, drawn now if it has none yet."""
@@ -78,10 +94,15 @@ class Batch:
             (event.id,) = (await job_store.allocate(self.conn, 0, 1))[1]
         return event.id if isinstance(event, NewEvent) else event
 
-    def cancel_child(self, child_execution_id: int, reason: str) -> None:
-        self.events.append(cancel_child(child_execution_id, reason))
-
     async def flush(self) -> None:
+        """What every broker held back, then the batch's writes (none of them reads anything
+        back, so they share the caller's pipeline)."""
+        settled: set[int] = set()
+        while len(settled) < len(self.brokers):  # a broker may start children, with brokers of their own
+            for execution_id, broker in list(self.brokers.items()):
+                if execution_id not in settled:
+                    settled.add(execution_id)
+                    await broker.finish()
         execution_events = [e for e in self.events if e.id is None and e.entity.get("domain") == "execution"]
         if self.jobs or execution_events:
             job_ids, event_ids = await job_store.allocate(self.conn, len(self.jobs), len(execution_events))
@@ -90,9 +111,18 @@ class Batch:
             for event, event_id in zip(execution_events, event_ids, strict=True):
                 event.id = event_id
         await job_store.insert(self.conn, self.jobs)
-        for execution_id in self.steps.keys() | self.progress.keys():
-            await store.advance(
-                self.conn, execution_id, steps=self.steps.get(execution_id, 0), progress=self.progress.get(execution_id)
-            )
+        await job_store.advance(self.conn, [b.counts() for b in self.brokers.values()])
         await add_events(self.conn, [*self.events, *(d.event() for d in self.dispatches)])
-        self.jobs, self.events, self.dispatches, self.steps, self.progress = [], [], [], {}, {}
+        self.jobs, self.events, self.dispatches, self.brokers = [], [], [], {}
+
+
+@asynccontextmanager
+async def batch(conn: AsyncConnection) -> AsyncIterator[Batch]:
+    """A batch for the block: its brokers' writes are made when it ends without error."""
+    current = Batch(conn)
+    token = _CURRENT.set(current)
+    try:
+        yield current
+        await current.flush()
+    finally:
+        _CURRENT.reset(token)

@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from consumers import broker
+from consumers.batch import batch
 from consumers.base import Domain, by_type, dead_letter, each, many
 from consumers.events import Ref, execution_event
 from consumers.queries import NotFound
@@ -83,6 +84,8 @@ async def run(conn: AsyncConnection, requests: list[tuple[str, ExecutionRequest]
             status=row["status"],
             parent_execution_id=row["parent_execution_id"],
             steps=0,
+            active=0,
+            done=0,
             depth=0,
         )
         first = execution_event(
@@ -96,7 +99,7 @@ async def run(conn: AsyncConnection, requests: list[tuple[str, ExecutionRequest]
         )
         started.append((state, entry["payload"], first))
         outcomes.append(_summary(request_id, row))
-    await broker.start(conn, started)
+    await broker.start(started)
     return outcomes
 
 
@@ -123,7 +126,7 @@ async def cancel(conn: AsyncConnection, request_id: str, request: CancelCommand)
     """Cancel a live execution; cancelling one that has ended is harmless (its summary)."""
     execution_id = _numeric(request.execution_id)
     if execution_id is not None:
-        await broker.cancel(conn, execution_id, request.reason)
+        await broker.cancel(execution_id, request.reason)
     row = await store.get(conn, execution_id) if execution_id is not None else None
     if row is None:
         return Outcome.failed(request_id, "not_found", f"execution not found: {request.execution_id!r}")
@@ -134,14 +137,15 @@ def _summary(request_id: str, row: dict[str, Any]) -> Outcome:
     return Outcome(request_id=request_id, result=ExecutionResponse.from_row(row).model_dump(mode="json"))
 
 
-async def report(conn: AsyncConnection, request_id: str, step_report: StepReport) -> Outcome:
-    """A worker's report about a job, applied through the broker's state machine."""
-    return Outcome(request_id=request_id, result={"status": await broker.apply_report(conn, step_report)})
+async def report(conn: AsyncConnection, reports: list[tuple[str, StepReport]]) -> list[Outcome]:
+    """Workers' reports about their jobs, applied through the broker's state machine."""
+    kinds = await broker.apply_reports([r for _, r in reports])
+    return [Outcome(request_id=rid, result={"status": kind}) for (rid, _), kind in zip(reports, kinds, strict=True)]
 
 
 async def child_done(conn: AsyncConnection, request_id: str, outcome: ChildFinished) -> Outcome:
     """A child execution's end, sent by the broker to itself through the outbox."""
-    return Outcome(request_id=request_id, result={"status": await broker.child_finished(conn, outcome)})
+    return Outcome(request_id=request_id, result={"status": await broker.child_finished(outcome)})
 
 
 async def dead_job(conn: AsyncConnection, request_id: str, dead: DeadJob) -> Outcome:
@@ -161,7 +165,7 @@ _apply_by_type = by_type(
     {
         subjects.command_type(subjects.EXECUTION_RUN): many(ExecutionRequest, run),
         subjects.command_type(subjects.EXECUTION_CANCEL): each(CancelCommand, cancel),
-        subjects.command_type(subjects.EXECUTION_REPORT): each(StepReport, report),
+        subjects.command_type(subjects.EXECUTION_REPORT): many(StepReport, report),
         subjects.command_type(subjects.EXECUTION_DEAD_JOB): each(DeadJob, dead_job),
         subjects.command_type(subjects.EXECUTION_CHILD_DONE): each(ChildFinished, child_done),
     }
@@ -179,7 +183,9 @@ async def apply_commands(conn: AsyncConnection, commands: list[Command]) -> list
     copy of this consumer then locks executions in the same order, and two batches never
     deadlock."""
     order = sorted(range(len(commands)), key=lambda i: _lock_key(commands[i]))
-    outcomes = await _apply_by_type(conn, [commands[i] for i in order])
+    # One batch of broker writes for them all; writes are pipelined, only reads wait.
+    async with conn.pipeline(), batch(conn):
+        outcomes = await _apply_by_type(conn, [commands[i] for i in order])
     aligned: dict[int, Outcome] = dict(zip(order, outcomes, strict=True))
     return [aligned[i] for i in range(len(commands))]
 

@@ -86,12 +86,10 @@ class Context:
 
     @classmethod
     async def load(cls, conn: AsyncConnection, plan: Plan, execution_id: int) -> Context:
-        cur = await conn.execute("SELECT workload FROM executions WHERE execution_id = %s", (execution_id,))
-        row = await cur.fetchone()
-        latest = await job_store.latest_results(conn, execution_id)
-        context = cls(plan, execution_id, row["workload"] if row else {}, {})
-        for found in latest:
-            context.record(found.step, found.result)
+        workload, results = (await job_store.contexts(conn, [execution_id])).get(execution_id, ({}, {}))
+        context = cls(plan, execution_id, workload, {})
+        for step, result in results.items():
+            context.record(step, result)
         return context
 
     def record(self, step_name: str, result: Any) -> None:

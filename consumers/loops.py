@@ -1,11 +1,28 @@
-"""An iterator's items: its collection rendered, then `where`, `order_by`, `limit` and `chunk`."""
+"""Iterators: the collection rendered, then `where`, `order_by`, `limit` and `chunk`; every item
+a pending job of the loop, a bounded number of them dispatched at a time (the rest wait in the
+store, not in a message); results aggregated in item order once the last one ends.
+
+Items that end in one batch are counted together at the end of the batch (`Loops.finish`): one
+update of the loop and one dispatch of as many more items, however many items ended.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
-from noetl.playbook.steps import IteratorStep
+from consumers.engine import KIND, Arrival, ExecutionFailed, limits, now, seconds_between
+from consumers.flow import Context
+from noetl.contracts.execution import EventStatus
+from noetl.contracts.jobs import JobKind, JobStatus, LoopItem
+from noetl.playbook.steps import IteratorStep, SaveStep, Step, StepType
+from noetl.store import jobs as job_store
+from noetl.store.jobs import JobState, LoopState, NewJob, PendingItem
+from noetl.store.outbox import NewEvent
 from noetl.templates import RenderError, read_back, render, truthy
+
+if TYPE_CHECKING:
+    from consumers.broker import Broker
 
 
 class LoopRefused(ValueError):
@@ -59,3 +76,150 @@ def _each(step: IteratorStep, template: str, context: dict[str, Any], index: int
         return render(template, {**context, **loop_names(step, index, item, count)})
     except RenderError as exc:
         raise RenderError(f"item {index}: {exc}") from None
+
+
+Row = NewJob | PendingItem
+
+
+class Loops:
+    """One broker's iterators."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.ended: Counter[int] = Counter()  # loop job -> its items that ended in this batch
+        self.saved: set[int] = set()  # loops whose own save ended in this batch
+
+    async def enter(
+        self, step: Step, job: NewJob, started: NewEvent, context: Context, names: dict[str, Any]
+    ) -> list[Arrival]:
+        """The loop's items become pending jobs, and the first ones are dispatched."""
+        assert isinstance(step, IteratorStep)
+        broker = self.broker
+        try:
+            values = items(step, names, limits().items)
+        except (RenderError, LoopRefused) as exc:
+            raise ExecutionFailed(f"step {step.name!r}: {exc}") from None
+        if not values:
+            return self._completed(step, job, [], started, context)
+        task = step.item
+        job.total = len(values)
+        job.context = broker.job_context(task, names) if task.worker else None
+        rows = []
+        for index, value in enumerate(values):
+            bound = {**names, **loop_names(step, index, value, len(values))}
+            rows.append(
+                broker.batch.add_job(
+                    NewJob(
+                        execution_id=broker.execution_id, step=step.name, kind=KIND[task.type],
+                        status=JobStatus.PENDING, node_type=task.type, cause=job, start_event=started, loop=job,
+                        idx=index, item=value,
+                        credentials=broker.credentials(task, bound, job.context) if task.worker else [],
+                    )
+                )
+            )
+        first = rows[: step.in_flight]
+        for row in first:
+            row.status = JobStatus.QUEUED if task.worker else JobStatus.RUNNING
+        await self._dispatch(step, [(row, row.idx or 0, row.item) for row in first], len(values), job.context, started)
+        return []
+
+    async def _dispatch(
+        self,
+        step: IteratorStep,
+        chosen: list[tuple[Row, int, Any]],
+        count: int,
+        context: dict[str, Any] | None,
+        loop_event: NewEvent | int | None,
+    ) -> None:
+        broker, task = self.broker, step.item
+        for row, index, value in chosen:
+            broker.emit(
+                "loop_iteration", EventStatus.RUNNING, step=step.name, node_type=StepType.ITERATOR,
+                index=index, item=value, parent=loop_event,
+            )
+            names = loop_names(step, index, value, count)
+            if task.type == StepType.PLAYBOOK:
+                await broker.children.start(task, row, loop_event, {**(await broker.context()).values(), **names})
+                continue
+            item = LoopItem(
+                step=step.name, element=step.element, index=index, item=value, count=count,
+                chunked=step.chunk is not None, enumerate=step.enumerate,
+            )
+            broker.dispatch(task, row, context or {}, loop=item)
+
+    def item_finished(self, job: JobState) -> None:
+        """An item (or the loop's own save) ended: counted at the end of the batch."""
+        assert job.loop_job_id is not None
+        if job.idx is None:
+            self.saved.add(job.loop_job_id)
+        else:
+            self.ended[job.loop_job_id] += 1
+
+    async def finish(self) -> None:
+        """For each loop with items that ended in this batch: dispatch as many more, or, after
+        the last, aggregate and go on."""
+        ended, saved = dict(self.ended), set(self.saved)
+        self.ended.clear()
+        self.saved.clear()
+        broker = self.broker
+        for loop_id in sorted(ended.keys() | saved):
+            if broker.ended:
+                return
+            loop = await job_store.items_done(broker.conn, loop_id, ended.get(loop_id, 0))
+            step = broker.plan.step(loop.step)
+            assert isinstance(step, IteratorStep)
+            if loop_id not in saved and loop.done < loop.total:
+                following = await job_store.dispatch_items(broker.conn, loop_id, ended[loop_id])
+                chosen = [(row, row.idx, row.item) for row in following]
+                await self._dispatch(step, chosen, loop.total, loop.context, loop.start_event_id)
+                continue
+            results = await job_store.item_results(broker.conn, loop_id)
+            if step.save is not None and loop_id not in saved:
+                await self._save(step, loop, results)
+                continue
+            await job_store.finished(broker.conn, loop_id, JobStatus.COMPLETED, result=results)
+            broker.top_finished(completed=True)
+            arrivals = self._completed(step, loop.job_id, results, loop.start_event_id, await broker.context(), loop)
+            await broker.walk(arrivals)
+
+    async def _save(self, step: IteratorStep, loop: LoopState, results: list[Any]) -> None:
+        """The loop's own save runs on a worker, over the aggregated results."""
+        broker = self.broker
+        assert step.save is not None
+        save = SaveStep(name=step.name, type=StepType.SAVE, save=step.save, auth=step.auth)
+        row = broker.batch.add_job(
+            NewJob(
+                execution_id=broker.execution_id, step=step.name, kind=JobKind.ACTION, status=JobStatus.QUEUED,
+                node_type=StepType.SAVE, cause=loop.job_id, loop=loop.job_id, start_event=None,
+            )
+        )
+        names = (await broker.context()).with_(result=results)
+        context = {**broker.job_context(save, names), "result": results}
+        row.credentials = broker.credentials(save, names, context)
+        broker.dispatch(save, row, context)
+
+    def _completed(
+        self,
+        step: IteratorStep,
+        job: NewJob | int,
+        results: list[Any],
+        started: NewEvent | int | None,
+        context: Context,
+        loop: LoopState | None = None,
+    ) -> list[Arrival]:
+        """Every item done: the loop's result is their results in item order."""
+        broker = self.broker
+        if isinstance(job, NewJob):  # an empty loop, done as it was entered
+            job.status, job.result = JobStatus.COMPLETED, results
+            broker.top_finished(completed=True)
+        broker.emit(
+            "loop_completed", EventStatus.COMPLETED, step=step.name, node_type=StepType.ITERATOR,
+            result=results, context={"count": len(results)}, parent=started,
+        )
+        done = broker.emit(
+            "step_completed", EventStatus.COMPLETED, step=step.name, node_type=StepType.ITERATOR, result=results,
+            duration=seconds_between(loop.started_at, now()) if loop else 0.0, parent=started,
+        )
+        context.record(step.name, results)
+        broker.last_result = results
+        return broker.following(step, job, done, context, results)

@@ -586,6 +586,18 @@ async def test_list_worker_pools_shape_filters_and_order(stack: Stack) -> None:
     assert none == {"items": [], "count": 0, "runtime": "java", "status": None, "error": None}
 
 
+async def test_runtime_filter_ignores_case(stack: Stack) -> None:
+    """A pool registered with runtime `CPU` is listed by `?runtime=cpu` (and the other way round);
+    its runtime is kept as it was sent."""
+    await register(stack, name="pool-upper", runtime="CPU")
+    await register(stack, name="pool-lower", runtime="gpu")
+    for asked in ("cpu", "CPU", "Cpu"):
+        body = await pools(stack, runtime=asked)
+        assert [item["name"] for item in body["items"]] == ["pool-upper"], asked
+        assert body["items"][0]["runtime"]["type"] == "CPU" and body["runtime"] == asked
+    assert [item["name"] for item in (await pools(stack, runtime="GPU"))["items"]] == ["pool-lower"]
+
+
 async def test_list_empty(stack: Stack) -> None:
     assert await pools(stack) == {"items": [], "count": 0, "runtime": None, "status": None, "error": None}
 

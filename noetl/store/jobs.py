@@ -7,7 +7,7 @@ the rows are written (`allocate`), so the jobs and events of one batch can refer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -53,7 +53,7 @@ class NewJob:
     credentials: list[str] = field(default_factory=list)
     secret: bool = False
     job_id: int | None = None
-    dispatched_at: datetime | None = None
+    dispatched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def cause_id(self) -> int | None:
@@ -82,6 +82,7 @@ _COLUMNS = (
     ("result", "jsonb"),
     ("credentials", "text[]"),
     ("secret", "bool"),
+    ("dispatched_at", "timestamptz"),
 )
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
 
@@ -93,12 +94,11 @@ SELECT {_NAMES},
        CASE WHEN u.status IN ('completed', 'running') THEN now() END,
        CASE WHEN u.status = 'completed' THEN now() END
 FROM jsonb_to_recordset(%s::jsonb) AS u({", ".join(f"{n} {t}" for n, t in _COLUMNS)})
-RETURNING job_id, dispatched_at
 """
 
 
 async def insert(conn: AsyncConnection, jobs: list[NewJob]) -> None:
-    """Write jobs whose ids are drawn; sets their `dispatched_at`."""
+    """Write jobs whose ids are drawn (nothing is read back: it can share a pipeline)."""
     if not jobs:
         return
     rows = [
@@ -120,18 +120,17 @@ async def insert(conn: AsyncConnection, jobs: list[NewJob]) -> None:
             "result": job.result,
             "credentials": job.credentials,
             "secret": job.secret,
+            "dispatched_at": job.dispatched_at.isoformat(),
         }
         for job in jobs
     ]
-    cur = await conn.execute(INSERT, (Jsonb(rows),))
-    dispatched = {row["job_id"]: row["dispatched_at"] for row in await cur.fetchall()}
-    for job in jobs:
-        job.dispatched_at = dispatched[job.job_id]
+    await conn.execute(INSERT, (Jsonb(rows),))
 
 
 @dataclass(frozen=True, slots=True)
 class ExecutionState:
-    """What the broker reads of a locked execution (its workload only when it needs a context)."""
+    """What the broker reads of a locked execution (its workload only when it needs a context),
+    with the counts it keeps on the row."""
 
     execution_id: int
     catalog_id: int
@@ -140,6 +139,8 @@ class ExecutionState:
     status: str
     parent_execution_id: str | None
     steps: int
+    active: int
+    done: int
     depth: int
 
 
@@ -163,47 +164,53 @@ class JobState:
     dispatched_at: datetime
 
 
-LOCK_EXECUTION = """
-SELECT execution_id, catalog_id, path, version, status, parent_execution_id, steps, depth
-FROM executions WHERE execution_id = %s FOR UPDATE
+# Executions are locked in id order, then their jobs: every consumer takes locks in one order,
+# so two batches never deadlock.
+LOCK_EXECUTIONS = """
+SELECT execution_id, catalog_id, path, version, status, parent_execution_id, steps, active, done, depth
+FROM executions WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE
 """
 _JOB_COLUMNS = """job_id, execution_id, step, kind, status, node_type, delivery, attempt, cause_job_id,
        start_event_id, loop_job_id, idx, item, child_execution_id, started_at, dispatched_at"""
-LOCK_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = %s AND execution_id = %s FOR UPDATE"
-LOCK_CHILD_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE child_execution_id = %s FOR UPDATE"
+LOCK_JOBS = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s) ORDER BY job_id FOR UPDATE"
+LOCK_WAITING = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE child_execution_id = ANY(%s) ORDER BY job_id FOR UPDATE"
 
 
-async def lock_execution(conn: AsyncConnection, execution_id: int) -> ExecutionState | None:
-    """The execution, locked: its commands apply one at a time, across consumers."""
+async def lock_executions(conn: AsyncConnection, execution_ids: list[int]) -> dict[int, ExecutionState]:
+    """The executions, locked: an execution's commands apply one at a time, across consumers."""
     cur = conn.cursor(row_factory=class_row(ExecutionState))
-    await cur.execute(LOCK_EXECUTION, (execution_id,))
-    return await cur.fetchone()
+    await cur.execute(LOCK_EXECUTIONS, (sorted(set(execution_ids)),))
+    return {row.execution_id: row for row in await cur.fetchall()}
 
 
-async def lock(conn: AsyncConnection, job_id: int, execution_id: int) -> tuple[JobState, ExecutionState] | None:
-    """(job, execution) locked together, execution first; None when the job is not that
-    execution's."""
-    execution = await lock_execution(conn, execution_id)
-    if execution is None:
-        return None
+async def lock_jobs(conn: AsyncConnection, job_ids: list[int]) -> dict[int, JobState]:
+    """Jobs, locked (after their executions)."""
     cur = conn.cursor(row_factory=class_row(JobState))
-    await cur.execute(LOCK_JOB, (job_id, execution_id))
-    job = await cur.fetchone()
-    return None if job is None else (job, execution)
+    await cur.execute(LOCK_JOBS, (sorted(set(job_ids)),))
+    return {row.job_id: row for row in await cur.fetchall()}
 
 
-async def lock_waiting(
-    conn: AsyncConnection, child_execution_id: int, execution_id: int
-) -> tuple[JobState, ExecutionState] | None:
-    """The job (a playbook step, or a loop item) that waits for a child execution, and its
-    execution, locked as `lock` does."""
-    execution = await lock_execution(conn, execution_id)
-    if execution is None:
-        return None
+async def lock_waiting(conn: AsyncConnection, child_execution_ids: list[int]) -> dict[int, JobState]:
+    """The jobs (playbook steps, or loop items) that wait for these child executions, by child."""
     cur = conn.cursor(row_factory=class_row(JobState))
-    await cur.execute(LOCK_CHILD_JOB, (child_execution_id,))
-    job = await cur.fetchone()
-    return None if job is None or job.execution_id != execution_id else (job, execution)
+    await cur.execute(LOCK_WAITING, (sorted(set(child_execution_ids)),))
+    return {row.child_execution_id: row for row in await cur.fetchall() if row.child_execution_id}
+
+
+ADVANCE = """
+UPDATE executions e
+SET steps = u.steps, active = u.active, done = u.done, progress = COALESCE(u.progress, e.progress),
+    updated_at = now()
+FROM jsonb_to_recordset(%s::jsonb) AS u(execution_id bigint, steps int, active int, done int, progress int)
+WHERE e.execution_id = u.execution_id
+"""
+
+
+async def advance(conn: AsyncConnection, counts: list[dict[str, Any]]) -> None:
+    """Write the broker's counts of each execution (`execution_id`, `steps`, `active`, `done`,
+    `progress`)."""
+    if counts:
+        await conn.execute(ADVANCE, (Jsonb(counts),))
 
 
 async def started(conn: AsyncConnection, job_id: int, report: StepReport) -> None:
@@ -262,26 +269,31 @@ async def abandon_active(conn: AsyncConnection, execution_id: int) -> list[int]:
 # ----------------------------------------------------------------------------- what the broker reads
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    step: str
-    job_id: int
-    result: Any
-    secret: bool
-
-
-LATEST_RESULTS = """
-SELECT DISTINCT ON (step) step, job_id, result, secret FROM jobs
-WHERE execution_id = %s AND loop_job_id IS NULL AND status = 'completed'
-ORDER BY step, job_id DESC
+CONTEXTS = """
+SELECT e.execution_id, e.workload,
+       COALESCE((SELECT jsonb_object_agg(r.step, r.result) FROM (
+           SELECT DISTINCT ON (step) step, result FROM jobs j
+           WHERE j.execution_id = e.execution_id AND j.loop_job_id IS NULL AND j.status = 'completed'
+           ORDER BY step, job_id DESC) r), '{}'::jsonb) AS results
+FROM executions e WHERE e.execution_id = ANY(%s)
 """
 
 
-async def latest_results(conn: AsyncConnection, execution_id: int) -> list[StepResult]:
-    """Each step's result from its latest completed run."""
-    cur = conn.cursor(row_factory=class_row(StepResult))
-    await cur.execute(LATEST_RESULTS, (execution_id,))
-    return await cur.fetchall()
+async def contexts(conn: AsyncConnection, execution_ids: list[int]) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    """For each execution: its workload, and each step's result from its latest completed run."""
+    cur = await conn.execute(CONTEXTS, (execution_ids,))
+    return {row["execution_id"]: (row["workload"], row["results"]) for row in await cur.fetchall()}
+
+
+async def step_result(conn: AsyncConnection, execution_id: int, step: str) -> Any:
+    """A step's result from its latest completed run (None if it has none)."""
+    cur = await conn.execute(
+        "SELECT result FROM jobs WHERE execution_id = %s AND step = %s AND loop_job_id IS NULL "
+        "AND status = 'completed' ORDER BY job_id DESC LIMIT 1",
+        (execution_id, step),
+    )
+    row = await cur.fetchone()
+    return None if row is None else row["result"]
 
 
 async def latest_runs(conn: AsyncConnection, execution_id: int, steps: list[str]) -> dict[str, int]:
@@ -313,34 +325,13 @@ async def is_ancestor(conn: AsyncConnection, ancestor: int, of: int) -> bool:
     return bool(row and row["found"])
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
-    active: int
-    completed: int
-
-
-PROGRESS = """
-SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active,
-       count(*) FILTER (WHERE status = 'completed' AND kind <> 'control') AS completed
-FROM jobs WHERE execution_id = %s AND loop_job_id IS NULL
-"""
-
-
-async def progress(conn: AsyncConnection, execution_id: int) -> Progress:
-    """Top-level jobs still live, and action steps completed."""
-    cur = conn.cursor(row_factory=class_row(Progress))
-    await cur.execute(PROGRESS, (execution_id,))
-    row = await cur.fetchone()
-    assert row is not None
-    return row
-
-
 # ----------------------------------------------------------------------------- loops
 
 
 @dataclass(frozen=True, slots=True)
 class LoopState:
     job_id: int
+    step: str
     cause_job_id: int | None
     start_event_id: int | None
     started_at: datetime | None
@@ -349,12 +340,12 @@ class LoopState:
     context: dict[str, Any] | None
 
 
-async def item_done(conn: AsyncConnection, loop_job_id: int, count: int = 1) -> LoopState:
+async def items_done(conn: AsyncConnection, loop_job_id: int, count: int) -> LoopState:
     """Count `count` more finished items of a loop (none: just read it)."""
     cur = conn.cursor(row_factory=class_row(LoopState))
     await cur.execute(
         "UPDATE jobs SET done = done + %s WHERE job_id = %s "
-        "RETURNING job_id, cause_job_id, start_event_id, started_at, done, total, context",
+        "RETURNING job_id, step, cause_job_id, start_event_id, started_at, done, total, context",
         (count, loop_job_id),
     )
     row = await cur.fetchone()

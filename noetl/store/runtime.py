@@ -158,7 +158,7 @@ LIST = """
 SELECT name, runtime, status, capacity, labels, heartbeat, created_at, updated_at
 FROM runtime_components
 WHERE kind = %(kind)s
-  AND (%(runtime)s::text IS NULL OR runtime->>'type' = %(runtime)s)
+  AND (%(runtime)s::text IS NULL OR lower(runtime->>'type') = lower(%(runtime)s))
   AND (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY name
 """

@@ -30,7 +30,12 @@ CREATE INDEX jobs_items ON jobs (loop_job_id, idx) WHERE loop_job_id IS NOT NULL
 CREATE INDEX jobs_child ON jobs (child_execution_id) WHERE child_execution_id IS NOT NULL;
 
 -- Steps dispatched so far: a loop back to an earlier step runs again, up to a bound.
--- How deep in sub-playbooks an execution runs: a playbook that calls itself ends at a bound.
+-- What the broker counts of an execution, kept on its row (locked whenever the broker works on
+-- it): steps dispatched (a loop back runs again, up to a bound), its live top-level jobs (none
+-- left: it is done), its action steps completed (its progress), and how deep in sub-playbooks it
+-- runs (a playbook that calls itself ends at a bound).
 ALTER TABLE executions
-    ADD COLUMN steps integer NOT NULL DEFAULT 0,
-    ADD COLUMN depth integer NOT NULL DEFAULT 0;
+    ADD COLUMN steps  integer NOT NULL DEFAULT 0,
+    ADD COLUMN active integer NOT NULL DEFAULT 0,
+    ADD COLUMN done   integer NOT NULL DEFAULT 0,
+    ADD COLUMN depth  integer NOT NULL DEFAULT 0;
