@@ -418,7 +418,9 @@ class WorkersBench:
 
         st.sampler.phase = "run"
         log(f"run: {args.executions} executions, {args.concurrency} at a time")
-        spies = st.profile_start(args.profile, args.profile_seconds, "workers")
+        spies = st.profile_start(
+            args.profile if args.profile_phase == "run" else None, args.profile_seconds, "workers"
+        )
         res, ctx = st.measure("run", lambda: self.load(args.executions, args.concurrency))
         if spies:
             result["profile"] = st.profile_finish(spies, args.profile_seconds)
@@ -437,7 +439,12 @@ class WorkersBench:
             st.register_playbook(LOOP_PLAYBOOK)
             st.sampler.phase = "loop"
             log(f"loop: one iterator over {args.loop_items} items, async, 64 at once")
+            spies = st.profile_start(
+                args.profile if args.profile_phase == "loop" else None, args.profile_seconds, "loop"
+            )
             res, ctx = st.measure("loop", lambda: self.run_loop(args.loop_items))
+            if spies:
+                result["profile"] = st.profile_finish(spies, args.profile_seconds)
             result["loop"] = self.summarise_loop(res, ctx)
         result["jobs_left"] = self.jobs_left()
         result["dead_letters"] = st.sql(f"SELECT /* {MARK} */ count(*) FROM dead_letters")[0][0]
@@ -759,6 +766,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("profiling")
     g.add_argument("--profile", metavar="DIR", help="py-spy the consumer, facade and a worker into DIR")
     g.add_argument("--profile-seconds", type=float, default=20.0)
+    g.add_argument(
+        "--profile-phase", choices=["run", "loop"], default="run", help="the phase --profile samples"
+    )
     # Internal: the load generator runs as a separate process.
     p.add_argument("--role", choices=["orchestrate", "run-load"], default="orchestrate")
     p.add_argument("--host", default=HOST, help=argparse.SUPPRESS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
@@ -20,7 +20,7 @@ from consumers.events import cancel_child
 from noetl.bus import subjects
 from noetl.contracts.jobs import Job, LoopItem
 from noetl.store import jobs as job_store
-from noetl.store.jobs import NewJob, PendingItem
+from noetl.store.jobs import JobState, JobUpdate, NewJob, PendingItem
 from noetl.store.outbox import NewEvent, add_events
 
 if TYPE_CHECKING:
@@ -74,6 +74,28 @@ class Batch:
         self.events: list[NewEvent] = []
         self.dispatches: list[Dispatch] = []
         self.brokers: dict[int, Broker] = {}
+        self.updates: dict[int, JobUpdate] = {}
+        self.seen: dict[int, JobState] = {}  # jobs as this batch has left them, not yet written
+
+    def update(self, job: JobState, update: JobUpdate) -> None:
+        """A job's start or end, written with the batch (before anything that reads jobs back)."""
+        earlier = self.updates.get(update.job_id)
+        self.updates[update.job_id] = update if earlier is None else earlier.merge(update)
+        self.seen[job.job_id] = replace(
+            job,
+            status=update.status,
+            delivery=update.delivery or job.delivery,
+            attempt=update.attempt or job.attempt,
+            started_at=job.started_at or update.started_at,
+        )
+
+    def update_loop(self, loop_id: int, update: JobUpdate) -> None:
+        """A loop's end (nothing in this batch reads the loop's job again)."""
+        self.updates[loop_id] = update
+
+    async def write_updates(self) -> None:
+        updates, self.updates = list(self.updates.values()), {}
+        await job_store.update(self.conn, updates)
 
     @classmethod
     def current(cls) -> Batch:
@@ -102,7 +124,9 @@ class Batch:
             for execution_id, broker in list(self.brokers.items()):
                 if execution_id not in settled:
                     settled.add(execution_id)
+                    await self.write_updates()  # what a broker's finish reads back (loop items)
                     await broker.finish()
+        await self.write_updates()
         execution_events = [e for e in self.events if e.id is None and e.entity.get("domain") == "execution"]
         if self.jobs or execution_events:
             job_ids, event_ids = await job_store.allocate(self.conn, len(self.jobs), len(execution_events))

@@ -34,7 +34,7 @@ from noetl.playbook.steps import CONTROL_TYPES, Next, SaveStep, SecretsStep, Ste
 from noetl.playbook.workflow import END
 from noetl.store import executions as store
 from noetl.store import jobs as job_store
-from noetl.store.jobs import ExecutionState, JobState, NewJob, PendingItem
+from noetl.store.jobs import ExecutionState, JobState, JobUpdate, NewJob, PendingItem
 from noetl.store.outbox import NewEvent
 from noetl.templates import RenderError, paths, prune, render
 
@@ -83,6 +83,12 @@ class Broker:
         if self._context is None:
             self._context = await Context.load(self.conn, self.plan, self.execution_id)
         return self._context
+
+    def knows(self, workload: dict[str, Any], results: dict[str, Any]) -> None:
+        """The context, when the caller has it already (a new execution's, or one read with
+        others in one query)."""
+        if self._context is None:
+            self._context = Context.of(self.plan, self.execution_id, workload, results)
 
     def emit(self, event_type: str, status: EventStatus, **fields: Any) -> NewEvent:
         event = execution_event(self.ref, event_type, status, **fields)
@@ -258,19 +264,19 @@ class Broker:
         # An attempt that ended before its worker reported its start carries the start here.
         if ran and (job.delivery, job.attempt) < (report.delivery, report.attempt):
             if report.kind in ("started", "attempt_failed"):
-                await job_store.started(self.conn, job.job_id, report)
+                self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.RUNNING, report))
             self.emit("action_started", EventStatus.RUNNING, time=report.started_at, context={"input": report.input}, **about)
         ended = {"time": report.ended_at, "duration": report.duration}
         who = {"worker": report.worker, "attempt": report.attempt}
         if report.kind == "attempt_failed":
             self.emit("action_error", EventStatus.FAILED, error=report.error, **ended, **about)
         elif report.kind in ("failed", "exhausted"):
-            await job_store.finished(self.conn, job.job_id, JobStatus.FAILED, error=report.error, report=report)
+            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, report, error=report.error))
             if ran:
                 self.emit("action_error", EventStatus.FAILED, error=report.error, **ended, **about)
             await self.job_failed(job, report.error or "failed", report.ended_at, **who)
         elif report.kind == "completed":
-            await job_store.finished(self.conn, job.job_id, JobStatus.COMPLETED, result=report.result, report=report)
+            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=report.result))
             self.emit("action_completed", EventStatus.COMPLETED, result=report.result, saved=report.saved, **ended, **about)
             await self.job_completed(job, report.result, report.ended_at, **who)
         return report.kind
@@ -407,7 +413,9 @@ async def start(started: list[tuple[ExecutionState, dict[str, Any], NewEvent]]) 
     its first event)."""
     for execution, document, first in started:
         Batch.current().events.append(first)
-        await (await Broker.of(execution, document)).begin(first)
+        broker = await Broker.of(execution, document)
+        broker.knows(first.payload["context"]["workload"], {})
+        await broker.begin(first)
 
 
 async def apply_reports(reports: list[StepReport]) -> list[str]:
@@ -415,14 +423,16 @@ async def apply_reports(reports: list[StepReport]) -> list[str]:
     conn = Batch.current().conn
     executions = await job_store.lock_executions(conn, [int(r.execution_id) for r in reports])
     jobs = await job_store.lock_jobs(conn, [int(r.job_id) for r in reports])
-    seen: set[int] = set()
+    # The contexts the completions will need, read together.
+    completing = [e for e in executions if any(r.kind == "completed" and int(r.execution_id) == e for r in reports)]
+    for execution_id, (workload, results) in (await job_store.contexts(conn, completing)).items():
+        (await Broker.of(executions[execution_id])).knows(workload, results)
     outcomes = []
     for report in reports:
         job_id = int(report.job_id)
-        if job_id in seen:  # a second report about one job in this batch: read it as it is now
-            jobs.update(await job_store.lock_jobs(conn, [job_id]))
-        seen.add(job_id)
-        job, execution = jobs.get(job_id), executions.get(int(report.execution_id))
+        # A job reported on earlier in this batch: as the batch has left it.
+        job = Batch.current().seen.get(job_id, jobs.get(job_id))
+        execution = executions.get(int(report.execution_id))
         if job is None or execution is None or job.execution_id != execution.execution_id:
             outcomes.append("unknown job")
             continue

@@ -17,7 +17,7 @@ from noetl.playbook.steps import PlaybookStep, Step
 from noetl.store import catalog as catalog_store
 from noetl.store import executions as store
 from noetl.store import jobs as job_store
-from noetl.store.jobs import ExecutionState, JobState, NewJob, PendingItem
+from noetl.store.jobs import ExecutionState, JobState, JobUpdate, NewJob, PendingItem
 from noetl.store.outbox import NewEvent
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class Children:
             steps=0, active=0, done=0, depth=depth,
         )
         broker = await Broker.of(child, entry["payload"])
+        broker.knows(row["workload"], {})
         first = broker.emit(
             "execution_start", EventStatus.STARTED, parent=parent_event, catalog_id=str(entry["catalog_id"]),
             context={"path": entry["path"], "version": entry["version"], "workload": row["workload"]},
@@ -99,7 +100,7 @@ class Children:
         }
         if outcome.status != ExecutionStatus.COMPLETED:
             error = f"the child execution {outcome.child_execution_id} {outcome.status}: {outcome.error or 'no reason given'}"
-            await job_store.finished(broker.conn, job.job_id, JobStatus.FAILED, error=error)
+            broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, error=error))
             if item:
                 broker.emit("action_error", EventStatus.FAILED, error=error, **about)
             await broker.job_failed(job, error, None)
@@ -108,7 +109,7 @@ class Children:
         step = broker.plan.worker_step(broker.plan.step(job.step))
         if isinstance(step, PlaybookStep) and step.return_step:
             result = await job_store.step_result(broker.conn, int(outcome.child_execution_id), step.return_step)
-        await job_store.finished(broker.conn, job.job_id, JobStatus.COMPLETED, result=result)
+        broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, result=result))
         if item:
             broker.emit("action_completed", EventStatus.COMPLETED, result=result, **about)
         await broker.job_completed(job, result, None)

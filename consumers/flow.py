@@ -87,6 +87,10 @@ class Context:
     @classmethod
     async def load(cls, conn: AsyncConnection, plan: Plan, execution_id: int) -> Context:
         workload, results = (await job_store.contexts(conn, [execution_id])).get(execution_id, ({}, {}))
+        return cls.of(plan, execution_id, workload, results)
+
+    @classmethod
+    def of(cls, plan: Plan, execution_id: int, workload: dict[str, Any], results: dict[str, Any]) -> Context:
         context = cls(plan, execution_id, workload, {})
         for step, result in results.items():
             context.record(step, result)

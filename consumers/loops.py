@@ -17,7 +17,7 @@ from noetl.contracts.execution import EventStatus
 from noetl.contracts.jobs import JobKind, JobStatus, LoopItem
 from noetl.playbook.steps import IteratorStep, SaveStep, Step, StepType
 from noetl.store import jobs as job_store
-from noetl.store.jobs import JobState, LoopState, NewJob, PendingItem
+from noetl.store.jobs import JobState, JobUpdate, LoopState, NewJob, PendingItem
 from noetl.store.outbox import NewEvent
 from noetl.templates import RenderError, read_back, render, truthy
 
@@ -177,7 +177,7 @@ class Loops:
             if step.save is not None and loop_id not in saved:
                 await self._save(step, loop, results)
                 continue
-            await job_store.finished(broker.conn, loop_id, JobStatus.COMPLETED, result=results)
+            broker.batch.update_loop(loop_id, JobUpdate.of(loop_id, JobStatus.COMPLETED, result=results))
             broker.top_finished(completed=True)
             arrivals = self._completed(step, loop.job_id, results, loop.start_event_id, await broker.context(), loop)
             await broker.walk(arrivals)

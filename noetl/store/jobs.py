@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from noetl.contracts.jobs import JobKind, JobStatus, StepReport
+from noetl.contracts.jobs import FINISHED, JobKind, JobStatus, StepReport
 from noetl.store.outbox import NewEvent
 
 ALLOCATE = """
@@ -213,46 +213,81 @@ async def advance(conn: AsyncConnection, counts: list[dict[str, Any]]) -> None:
         await conn.execute(ADVANCE, (Jsonb(counts),))
 
 
-async def started(conn: AsyncConnection, job_id: int, report: StepReport) -> None:
-    await conn.execute(
-        "UPDATE jobs SET status = 'running', delivery = %s, attempt = %s, worker = %s, "
-        "started_at = COALESCE(started_at, %s, now()) WHERE job_id = %s",
-        (report.delivery, report.attempt, report.worker, report.started_at, job_id),
-    )
+@dataclass(slots=True)
+class JobUpdate:
+    """What becomes of a job in a batch: a start told, or its end (`ended`). Several updates
+    of one job in one batch fold into one (`merge`), since one UPDATE changes a row once."""
 
+    job_id: int
+    status: JobStatus
+    ended: bool = False
+    delivery: int | None = None
+    attempt: int | None = None
+    worker: str | None = None
+    result: Any = None
+    error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
 
-async def finished(
-    conn: AsyncConnection,
-    job_id: int,
-    status: JobStatus,
-    *,
-    result: Any = None,
-    error: str | None = None,
-    report: StepReport | None = None,
-) -> None:
-    """A job's end, from a worker's report or (no report) from the broker."""
-    if report is None:
-        await conn.execute(
-            "UPDATE jobs SET status = %s, result = %s, error = %s, started_at = COALESCE(started_at, now()), "
-            "ended_at = now() WHERE job_id = %s",
-            (status, Jsonb(result), error, job_id),
+    @classmethod
+    def of(cls, job_id: int, status: JobStatus, report: StepReport | None = None, **fields: Any) -> JobUpdate:
+        if report is not None:
+            fields.update(
+                delivery=report.delivery, attempt=report.attempt, worker=report.worker,
+                started_at=report.started_at, ended_at=report.ended_at,
+            )
+        return cls(job_id, status, ended=status in FINISHED, **fields)
+
+    def merge(self, later: JobUpdate) -> JobUpdate:
+        return JobUpdate(
+            job_id=self.job_id,
+            status=later.status,
+            ended=later.ended,
+            delivery=later.delivery or self.delivery,
+            attempt=later.attempt or self.attempt,
+            worker=later.worker or self.worker,
+            result=later.result,
+            error=later.error,
+            started_at=self.started_at or later.started_at,
+            ended_at=later.ended_at,
         )
-        return
-    await conn.execute(
-        "UPDATE jobs SET status = %s, delivery = %s, attempt = %s, worker = %s, result = %s, error = %s, "
-        "started_at = COALESCE(started_at, %s, now()), ended_at = COALESCE(%s, now()) WHERE job_id = %s",
-        (
-            status,
-            report.delivery,
-            report.attempt,
-            report.worker,
-            Jsonb(result),
-            error,
-            report.started_at,
-            report.ended_at,
-            job_id,
-        ),
-    )
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "ended": self.ended,
+            "delivery": self.delivery,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "result": self.result,
+            "error": self.error,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+        }
+
+
+UPDATE_JOBS = """
+UPDATE jobs j SET
+    status = u.status,
+    delivery = COALESCE(u.delivery, j.delivery),
+    attempt = COALESCE(u.attempt, j.attempt),
+    worker = COALESCE(u.worker, j.worker),
+    result = CASE WHEN u.ended THEN u.result ELSE j.result END,
+    error = CASE WHEN u.ended THEN u.error ELSE j.error END,
+    started_at = COALESCE(j.started_at, u.started_at, now()),
+    ended_at = CASE WHEN u.ended THEN COALESCE(u.ended_at, now()) ELSE j.ended_at END
+FROM jsonb_to_recordset(%s::jsonb) AS u(
+    job_id bigint, status text, ended bool, delivery int, attempt int, worker text, result jsonb, error text,
+    started_at timestamptz, ended_at timestamptz)
+WHERE j.job_id = u.job_id
+"""
+
+
+async def update(conn: AsyncConnection, updates: list[JobUpdate]) -> None:
+    """Write a batch's job updates (one per job) in one statement."""
+    if updates:
+        await conn.execute(UPDATE_JOBS, (Jsonb([u.row() for u in updates]),))
 
 
 async def abandon_active(conn: AsyncConnection, execution_id: int) -> list[int]:
