@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 
 from consumers.events import cancel_child
 from noetl.bus import subjects
-from noetl.contracts.jobs import Job, LoopItem
+from noetl.contracts.jobs import Job, LoopItems
 from noetl.store import jobs as job_store
 from noetl.store.jobs import JobState, JobUpdate, NewJob, PendingItem
 from noetl.store.outbox import NewEvent, add_events
@@ -38,7 +38,7 @@ class Dispatch:
     context: dict[str, Any]
     runtime: str
     payload: dict[str, Any] | None = None
-    loop: LoopItem | None = None
+    loop: LoopItems | None = None
     credentials: tuple[str, ...] = ()
 
     def event(self) -> NewEvent:

@@ -28,7 +28,7 @@ from consumers.events import Ref, child_outcome, execution_event
 from consumers.flow import Context, Plan
 from consumers.loops import Loops
 from noetl.contracts.execution import TERMINAL, EventStatus, ExecutionStatus
-from noetl.contracts.jobs import ACTIVE, FINISHED, ChildFinished, JobStatus, LoopItem, StepReport
+from noetl.contracts.jobs import ACTIVE, FINISHED, ChildFinished, JobStatus, LoopItems, StepReport
 from noetl.playbook.auth import credential_names, secret_provider, secret_refs
 from noetl.playbook.steps import CONTROL_TYPES, Next, SaveStep, SecretsStep, Step, StepType
 from noetl.playbook.workflow import END
@@ -47,7 +47,9 @@ class Broker:
         self.conn = batch.conn
         self.execution = execution
         self.plan = plan
-        self.ref = Ref(execution.execution_id, execution.path, execution.version, execution.parent_execution_id)
+        self.ref = Ref(
+            execution.execution_id, execution.path, execution.version, execution.parent_execution_id
+        )
         self.steps, self.active, self.done = execution.steps, execution.active, execution.done
         self.ended = execution.status in TERMINAL
         self.entered: dict[str, NewJob] = {}
@@ -76,8 +78,13 @@ class Broker:
 
     def counts(self) -> dict[str, Any]:
         progress = 100 if self.ended else min(99, 100 * self.done // max(1, self.plan.workflow.actions))
-        return {"execution_id": self.execution_id, "steps": self.steps, "active": self.active,
-                "done": self.done, "progress": None if self.ended else progress}
+        return {
+            "execution_id": self.execution_id,
+            "steps": self.steps,
+            "active": self.active,
+            "done": self.done,
+            "progress": None if self.ended else progress,
+        }
 
     async def context(self) -> Context:
         if self._context is None:
@@ -123,14 +130,22 @@ class Broker:
                     f"step {step.name!r}: the execution ran {limits().steps} steps (a loop back that never ends?)"
                 )
             started = self.emit(
-                "step_started", EventStatus.RUNNING, step=step.name, node_type=step.type, parent=arrival.event,
+                "step_started",
+                EventStatus.RUNNING,
+                step=step.name,
+                node_type=step.type,
+                parent=arrival.event,
                 context={"input": arrival.payload} if arrival.payload else None,
             )
             job = self.batch.add_job(
                 NewJob(
-                    execution_id=self.execution_id, step=step.name, kind=KIND[step.type],
-                    status=JobStatus.QUEUED if step.worker else JobStatus.RUNNING, node_type=step.type,
-                    cause=arrival.cause, start_event=started,
+                    execution_id=self.execution_id,
+                    step=step.name,
+                    kind=KIND[step.type],
+                    status=JobStatus.QUEUED if step.worker else JobStatus.RUNNING,
+                    node_type=step.type,
+                    cause=arrival.cause,
+                    start_event=started,
                 )
             )
             self.entered[step.name] = job
@@ -157,7 +172,9 @@ class Broker:
         if step.name not in self.plan.workflow.joins:
             return False
         if self._runs is None:
-            self._runs = await job_store.latest_runs(self.conn, self.execution_id, list(self.plan.workflow.joins))
+            self._runs = await job_store.latest_runs(
+                self.conn, self.execution_id, list(self.plan.workflow.joins)
+            )
         latest = self._runs.get(step.name)
         cause = arrival.cause
         while isinstance(cause, NewJob):
@@ -186,15 +203,22 @@ class Broker:
         result = None if step.result is None else self.render(step, step.result, names, "`result`")
         job.status, job.result = JobStatus.COMPLETED, result
         done = self.emit(
-            "step_completed", EventStatus.COMPLETED, step=step.name, node_type=step.type, result=result,
-            duration=0.0, parent=started,
+            "step_completed",
+            EventStatus.COMPLETED,
+            step=step.name,
+            node_type=step.type,
+            result=result,
+            duration=0.0,
+            parent=started,
         )
         context.record(step.name, result)
         if result is not None:
             self.last_result = result
         return self.following(step, job, done, context, result)
 
-    def following(self, step: Step, job: NewJob | int, done: NewEvent | int, context: Context, result: Any) -> list[Arrival]:
+    def following(
+        self, step: Step, job: NewJob | int, done: NewEvent | int, context: Context, result: Any
+    ) -> list[Arrival]:
         """The arrivals `step`'s transitions choose once it ended with `result`."""
         if step.name == END:
             return []
@@ -204,7 +228,9 @@ class Broker:
             raise ExecutionFailed(f"step {step.name!r}: `when` {exc}") from None
         return [Arrival(n.step, n.payload, job, done) for n in chosen]
 
-    def job_context(self, step: Step, values: dict[str, Any], payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    def job_context(
+        self, step: Step, values: dict[str, Any], payload: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The part of the context a worker's job for `step` reads (all of it for python that
         asks)."""
         wanted = self.plan.paths(step)
@@ -219,13 +245,19 @@ class Broker:
         context: dict[str, Any],
         *,
         payload: dict[str, Any] | None = None,
-        loop: LoopItem | None = None,
+        loop: LoopItems | None = None,
     ) -> None:
         """A job for the worker pools: the step, its context, and the credentials it may fetch."""
         self.batch.dispatches.append(
             Dispatch(
-                job=job, execution_id=self.execution_id, step=step.name, task=self.plan.task(step),
-                context=context, runtime=self.plan.runtime, payload=payload, loop=loop,
+                job=job,
+                execution_id=self.execution_id,
+                step=step.name,
+                task=self.plan.task(step),
+                context=context,
+                runtime=self.plan.runtime,
+                payload=payload,
+                loop=loop,
                 credentials=tuple(job.credentials),
             )
         )
@@ -241,7 +273,9 @@ class Broker:
             if secret_provider(self.render(step, step.provider, names, "`provider`")) == "credential":
                 found.add(str(self.render(step, step.secret_name, names, "`secret_name`")))
         if context:
-            found |= {str(ref.get("key")) for ref in secret_refs(context) if ref.get("source") == "credential"}
+            found |= {
+                str(ref.get("key")) for ref in secret_refs(context) if ref.get("source") == "credential"
+            }
         return sorted(found)
 
     # --------------------------------------------------------------------------- what comes back
@@ -254,18 +288,29 @@ class Broker:
             return f"ignored: job is {job.status}"
         if report.delivery < job.delivery:
             return "ignored: a report from an earlier delivery"
-        item = job.loop_job_id is not None and job.idx is not None
+        if job.loop_job_id is not None and job.idx is not None:
+            return await self._items_report(job, report)
         about = {
-            "step": job.step, "node_type": job.node_type, "index": job.idx if item else None,
-            "item": job.item if item else None, "worker": report.worker, "parent": job.start_event_id,
-            "attempt": report.attempt, "delivery": report.delivery, "job_id": str(job.job_id),
+            "step": job.step,
+            "node_type": job.node_type,
+            "worker": report.worker,
+            "parent": job.start_event_id,
+            "attempt": report.attempt,
+            "delivery": report.delivery,
+            "job_id": str(job.job_id),
         }
         ran = report.kind != "exhausted"
         # An attempt that ended before its worker reported its start carries the start here.
         if ran and (job.delivery, job.attempt) < (report.delivery, report.attempt):
             if report.kind in ("started", "attempt_failed"):
                 self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.RUNNING, report))
-            self.emit("action_started", EventStatus.RUNNING, time=report.started_at, context={"input": report.input}, **about)
+            self.emit(
+                "action_started",
+                EventStatus.RUNNING,
+                time=report.started_at,
+                context={"input": report.input},
+                **about,
+            )
         ended = {"time": report.ended_at, "duration": report.duration}
         who = {"worker": report.worker, "attempt": report.attempt}
         if report.kind == "attempt_failed":
@@ -276,9 +321,67 @@ class Broker:
                 self.emit("action_error", EventStatus.FAILED, error=report.error, **ended, **about)
             await self.job_failed(job, report.error or "failed", report.ended_at, **who)
         elif report.kind == "completed":
-            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=report.result))
-            self.emit("action_completed", EventStatus.COMPLETED, result=report.result, saved=report.saved, **ended, **about)
+            self.batch.update(
+                job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=report.result)
+            )
+            self.emit(
+                "action_completed",
+                EventStatus.COMPLETED,
+                result=report.result,
+                saved=report.saved,
+                context={"input": report.input},
+                **ended,
+                **about,
+            )
             await self.job_completed(job, report.result, report.ended_at, **who)
+        return report.kind
+
+    async def _items_report(self, job: JobState, report: StepReport) -> str:
+        """A loop job's report: an event for each of its items' ends, then the job's end."""
+        if report.kind in ("started", "attempt_failed"):
+            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.RUNNING, report))
+            return report.kind
+        about = {
+            "step": job.step,
+            "node_type": job.node_type,
+            "worker": report.worker,
+            "parent": job.start_event_id,
+            "delivery": report.delivery,
+            "job_id": str(job.job_id),
+        }
+        outcomes = {o.index: o for o in report.items or []}
+        for index, value in enumerate(job.item, start=job.idx or 0):
+            o = outcomes.get(index)
+            if o is None:
+                continue
+            timing = {
+                "time": o.ended_at,
+                "duration": o.duration,
+                "attempt": o.attempts,
+                "index": index,
+                "item": value,
+            }
+            if o.error is not None:
+                self.emit("action_error", EventStatus.FAILED, error=o.error, **timing, **about)
+            else:
+                self.emit(
+                    "action_completed",
+                    EventStatus.COMPLETED,
+                    result=o.result,
+                    saved=o.saved,
+                    **timing,
+                    **about,
+                )
+        if report.kind == "completed":
+            results = [
+                outcomes[i].result if i in outcomes else None
+                for i in range(job.idx or 0, (job.idx or 0) + len(job.item))
+            ]
+            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=results))
+            self.loops.job_finished(job)
+        else:
+            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, report, error=report.error))
+            await self.job_failed(job, report.error or "failed", report.ended_at, worker=report.worker)
         return report.kind
 
     async def child_done(self, job: JobState, outcome: ChildFinished) -> str:
@@ -291,15 +394,21 @@ class Broker:
     async def job_completed(self, job: JobState, result: Any, at: datetime | None, **who: Any) -> None:
         """`who`: the worker and attempt that ran it, for its event."""
         if job.loop_job_id is not None:
-            self.loops.item_finished(job)
+            self.loops.job_finished(job)
             return
         self.top_finished(completed=True)
         step = self.plan.step(job.step)
         at = at or now()
         done = self.emit(
-            "step_completed", EventStatus.COMPLETED, step=step.name, node_type=step.type, result=result,
-            duration=seconds_between(job.started_at or job.dispatched_at, at), time=at,
-            parent=job.start_event_id, **who,
+            "step_completed",
+            EventStatus.COMPLETED,
+            step=step.name,
+            node_type=step.type,
+            result=result,
+            duration=seconds_between(job.started_at or job.dispatched_at, at),
+            time=at,
+            parent=job.start_event_id,
+            **who,
         )
         context = await self.context()
         context.record(step.name, result)
@@ -313,11 +422,17 @@ class Broker:
 
     async def job_failed(self, job: JobState, error: str, at: datetime | None, **who: Any) -> None:
         """A job failed after its attempts: its step fails, and so does the execution."""
-        if job.loop_job_id is not None and job.idx is not None:
-            error = f"item {job.idx} failed: {error}"
         step = self.plan.step(job.step)
-        self.emit("step_failed", EventStatus.FAILED, step=step.name, node_type=step.type, error=error,
-                  time=at, parent=job.start_event_id, **who)
+        self.emit(
+            "step_failed",
+            EventStatus.FAILED,
+            step=step.name,
+            node_type=step.type,
+            error=error,
+            time=at,
+            parent=job.start_event_id,
+            **who,
+        )
         await self.fail(f"step {step.name!r} failed: {error}")
 
     def top_finished(self, *, completed: bool) -> None:
@@ -337,11 +452,17 @@ class Broker:
         if self.ended or self.active > 0:
             return
         result = await self._final_result()
-        row = await store.finish(self.conn, self.execution_id, status=ExecutionStatus.COMPLETED, result=result)
+        row = await store.finish(
+            self.conn, self.execution_id, status=ExecutionStatus.COMPLETED, result=result
+        )
         if row is not None:
             self.ended = True
-            self.emit("execution_complete", EventStatus.COMPLETED, result=result,
-                      duration=seconds_between(row["start_time"], row["end_time"]))
+            self.emit(
+                "execution_complete",
+                EventStatus.COMPLETED,
+                result=result,
+                duration=seconds_between(row["start_time"], row["end_time"]),
+            )
             self._tell_parent(ExecutionStatus.COMPLETED, result=result)
 
     async def _final_result(self) -> Any:
@@ -395,8 +516,11 @@ class Broker:
         parent = self.execution.parent_execution_id
         if parent and parent.isdigit():
             outcome = ChildFinished(
-                child_execution_id=str(self.execution_id), parent_execution_id=parent,
-                status=status, result=result, error=error,
+                child_execution_id=str(self.execution_id),
+                parent_execution_id=parent,
+                status=status,
+                result=result,
+                error=error,
             )
             self.batch.events.append(child_outcome(outcome))
 
@@ -424,7 +548,9 @@ async def apply_reports(reports: list[StepReport]) -> list[str]:
     executions = await job_store.lock_executions(conn, [int(r.execution_id) for r in reports])
     jobs = await job_store.lock_jobs(conn, [int(r.job_id) for r in reports])
     # The contexts the completions will need, read together.
-    completing = [e for e in executions if any(r.kind == "completed" and int(r.execution_id) == e for r in reports)]
+    completing = [
+        e for e in executions if any(r.kind == "completed" and int(r.execution_id) == e for r in reports)
+    ]
     for execution_id, (workload, results) in (await job_store.contexts(conn, completing)).items():
         (await Broker.of(executions[execution_id])).knows(workload, results)
     outcomes = []

@@ -153,7 +153,9 @@ async def validate(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, 
     if isinstance(found, str):
         return PlaybookCheck(valid=False, errors=[found]).model_dump()
     path, document = found
-    return PlaybookCheck(valid=True, errors=[], path=path, steps=len(document.get("workflow") or [])).model_dump()
+    return PlaybookCheck(
+        valid=True, errors=[], path=path, steps=len(document.get("workflow") or [])
+    ).model_dump()
 
 
 QUERIES = {

@@ -40,7 +40,9 @@ class Children:
         parent = self.broker
         depth = parent.execution.depth + 1
         if depth > limits().nesting:
-            raise ExecutionFailed(f"step {step.name!r}: sub-playbooks nest deeper than {limits().nesting} levels")
+            raise ExecutionFailed(
+                f"step {step.name!r}: sub-playbooks nest deeper than {limits().nesting} levels"
+            )
         version = None if step.version == "latest" else int(step.version)
         entry = await catalog_store.by_path(parent.conn, step.path, version)
         if entry is None:
@@ -49,7 +51,9 @@ class Children:
             )
         parameters = parent.render(step, step.input, names, "`data`")
         if not isinstance(parameters, dict):
-            raise ExecutionFailed(f"step {step.name!r}: its data must render to a mapping, not {parameters!r:.80}")
+            raise ExecutionFailed(
+                f"step {step.name!r}: its data must render to a mapping, not {parameters!r:.80}"
+            )
         parent_event = await parent.batch.event_id(started)
         (row,) = await store.add(
             parent.conn,
@@ -76,14 +80,24 @@ class Children:
         else:
             await job_store.waits_for(parent.conn, job.job_id, row["execution_id"])
         child = ExecutionState(
-            execution_id=row["execution_id"], catalog_id=entry["catalog_id"], path=entry["path"],
-            version=entry["version"], status=ExecutionStatus.RUNNING, parent_execution_id=str(parent.execution_id),
-            steps=0, active=0, done=0, depth=depth,
+            execution_id=row["execution_id"],
+            catalog_id=entry["catalog_id"],
+            path=entry["path"],
+            version=entry["version"],
+            status=ExecutionStatus.RUNNING,
+            parent_execution_id=str(parent.execution_id),
+            steps=0,
+            active=0,
+            done=0,
+            depth=depth,
         )
         broker = await Broker.of(child, entry["payload"])
         broker.knows(row["workload"], {})
         first = broker.emit(
-            "execution_start", EventStatus.STARTED, parent=parent_event, catalog_id=str(entry["catalog_id"]),
+            "execution_start",
+            EventStatus.STARTED,
+            parent=parent_event,
+            catalog_id=str(entry["catalog_id"]),
             context={"path": entry["path"], "version": entry["version"], "workload": row["workload"]},
             parent_step=step.name,
         )
@@ -92,14 +106,20 @@ class Children:
     async def done(self, job: JobState, outcome: ChildFinished) -> None:
         """The child execution `job` waited for has ended: the job ends as it did."""
         broker = self.broker
-        item = job.idx is not None
+        item = job.idx is not None  # a loop's item (its job holds one)
         about = {
-            "step": job.step, "node_type": job.node_type, "index": job.idx, "item": job.item if item else None,
-            "parent": job.start_event_id, "job_id": str(job.job_id),
+            "step": job.step,
+            "node_type": job.node_type,
+            "index": job.idx,
+            "item": job.item[0] if item else None,
+            "parent": job.start_event_id,
+            "job_id": str(job.job_id),
             "child_execution_id": outcome.child_execution_id,
         }
         if outcome.status != ExecutionStatus.COMPLETED:
             error = f"the child execution {outcome.child_execution_id} {outcome.status}: {outcome.error or 'no reason given'}"
+            if item:
+                error = f"item {job.idx}: {error}"
             broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, error=error))
             if item:
                 broker.emit("action_error", EventStatus.FAILED, error=error, **about)
@@ -108,8 +128,12 @@ class Children:
         result = outcome.result
         step = broker.plan.worker_step(broker.plan.step(job.step))
         if isinstance(step, PlaybookStep) and step.return_step:
-            result = await job_store.step_result(broker.conn, int(outcome.child_execution_id), step.return_step)
-        broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, result=result))
+            result = await job_store.step_result(
+                broker.conn, int(outcome.child_execution_id), step.return_step
+            )
+        broker.batch.update(
+            job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, result=[result] if item else result)
+        )
         if item:
             broker.emit("action_completed", EventStatus.COMPLETED, result=result, **about)
-        await broker.job_completed(job, result, None)
+        await broker.job_completed(job, [result] if item else result, None)

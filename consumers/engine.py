@@ -26,7 +26,9 @@ class EngineLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> EngineLimits:
-        return cls(settings.limit_steps_per_execution, settings.limit_loop_items, settings.limit_playbook_nesting)
+        return cls(
+            settings.limit_steps_per_execution, settings.limit_loop_items, settings.limit_playbook_nesting
+        )
 
 
 LIMITS = EngineLimits()

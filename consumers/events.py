@@ -102,5 +102,6 @@ def child_outcome(outcome: ChildFinished) -> NewEvent:
 
 def cancel_child(child_execution_id: int, reason: str) -> NewEvent:
     return _command(
-        subjects.EXECUTION_CANCEL, CancelCommand(execution_id=str(child_execution_id), reason=reason).model_dump()
+        subjects.EXECUTION_CANCEL,
+        CancelCommand(execution_id=str(child_execution_id), reason=reason).model_dump(),
     )

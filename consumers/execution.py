@@ -140,7 +140,10 @@ def _summary(request_id: str, row: dict[str, Any]) -> Outcome:
 async def report(conn: AsyncConnection, reports: list[tuple[str, StepReport]]) -> list[Outcome]:
     """Workers' reports about their jobs, applied through the broker's state machine."""
     kinds = await broker.apply_reports([r for _, r in reports])
-    return [Outcome(request_id=rid, result={"status": kind}) for (rid, _), kind in zip(reports, kinds, strict=True)]
+    return [
+        Outcome(request_id=rid, result={"status": kind})
+        for (rid, _), kind in zip(reports, kinds, strict=True)
+    ]
 
 
 async def child_done(conn: AsyncConnection, request_id: str, outcome: ChildFinished) -> Outcome:

@@ -77,7 +77,9 @@ class Context:
     """What the broker's templates see: the workload's keys, the workload itself, the execution id
     and each step's latest result by name (a workbook step's also by its task's name)."""
 
-    def __init__(self, plan: Plan, execution_id: int, workload: dict[str, Any], results: dict[str, Any]) -> None:
+    def __init__(
+        self, plan: Plan, execution_id: int, workload: dict[str, Any], results: dict[str, Any]
+    ) -> None:
         self.plan = plan
         self.execution_id = execution_id
         self.workload = workload

@@ -205,12 +205,16 @@ def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, nats_
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     noetl = [sys.executable, "-m", "noetl.cli", "--log-level", level]
     # Workers get neither the database nor the credentials key; the API seals, consumers open.
-    bus_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)} | {"NOETL_NATS_URL": nats_url}
+    bus_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)} | {
+        "NOETL_NATS_URL": nats_url
+    }
     key_env = {KEY_SETTING: credentials_key(data_dir)}
     grace = get_settings().worker_grace_seconds
 
     consumers = [*noetl, "consumer", *CONSUMER_NAMES]
-    supervisor.add(Command("consumers", consumers, bus_env | key_env | {"NOETL_PG_DSN": dsn}, tier=1, stop_timeout=30))
+    supervisor.add(
+        Command("consumers", consumers, bus_env | key_env | {"NOETL_PG_DSN": dsn}, tier=1, stop_timeout=30)
+    )
     _say(f"consumers    {', '.join(CONSUMER_NAMES)}")
     for i in range(opts.workers):
         name = f"local-{i + 1}" if opts.workers > 1 else "local"

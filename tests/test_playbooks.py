@@ -63,7 +63,7 @@ async def test_weather_when_then_else_workbook_and_transition_data(wx: WorkerSta
     detail = completed(await run_example(wx, "weather"))
     assert detail["result"] == {"alert": True, "message": "warm in Paris: 23"}
     assert "calm" not in {e["step"] for e in events_of(detail)}
-    (warn,) = events_of(detail, "action_started", "warn")
+    (warn,) = events_of(detail, "action_completed", "warn")
     assert warn["context"] == {"input": {"city": "Paris", "temperature": 23}}  # the transition's won
     (evaluate,) = events_of(detail, "step_completed", "evaluate")
     assert evaluate["result"] == {"max": 23, "alert": True} and evaluate["node_type"] == "python"

@@ -179,7 +179,8 @@ async def test_hello_world_completes_with_its_result(wx: WorkerStack) -> None:
     assert by_id[started["parent_event_id"]]["event_type"] == "step_completed"
     for event in (action_started, action_completed, completed):
         assert event["parent_event_id"] == started["event_id"], event
-    assert action_started["context"] == {"input": {"message": "Hello World"}}
+    # What the step ran with, as its worker rendered it.
+    assert action_completed["context"] == {"input": {"message": "Hello World"}}
     assert completed["result"] == {"status": "success", "data": {"message": "Hello World"}}
     assert completed["duration"] >= action_completed["duration"] >= 0
     # Times are when things happened, each event its own.

@@ -35,16 +35,36 @@ class JobKind(StrEnum):
 ReportKind = Literal["started", "attempt_failed", "completed", "failed", "exhausted"]
 
 
-class LoopItem(BaseModel):
-    """What a loop item's job binds: the item under the loop's `element`, and `_loop`."""
+class LoopItems(BaseModel):
+    """A loop's items that one job runs, side by side (a bounded batch of them: a loop's items
+    never travel in one message); each is bound under the loop's `element`, with `_loop`."""
 
     step: str
     element: str
-    index: int
-    item: Any
-    count: int
+    first: int = Field(ge=0, description="the index of the first of `items`")
+    items: list[Any]
+    count: int = Field(description="items in the whole loop")
     chunked: bool = False
     enumerate: bool = False
+
+    def each(self) -> list[tuple[int, Any]]:
+        return list(enumerate(self.items, start=self.first))
+
+
+class ItemOutcome(BaseModel):
+    """How one item of a loop job went."""
+
+    index: int
+    attempts: int = Field(ge=1)
+    started_at: UtcDatetime
+    ended_at: UtcDatetime
+    result: Any = None
+    saved: Any = None
+    error: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return round((self.ended_at - self.started_at).total_seconds(), 6)
 
 
 class Job(BaseModel):
@@ -57,7 +77,7 @@ class Job(BaseModel):
     task: dict[str, Any]
     context: dict[str, Any]
     payload: dict[str, Any] | None = None
-    loop: LoopItem | None = None
+    loop: LoopItems | None = None
     credentials: list[str] = Field(default_factory=list)
     runtime: str
     dispatched_at: datetime
@@ -80,6 +100,7 @@ class StepReport(BaseModel):
     result: Any = None
     error: str | None = None
     saved: Any = None
+    items: list[ItemOutcome] | None = None  # a loop job's: each item's outcome
 
     def request_id(self) -> str:
         return f"job-{self.job_id}-{self.delivery}-{self.attempt}-{self.kind}"

@@ -51,7 +51,9 @@ def _item(alias: str | None, spec: Any) -> AuthItem:
         raise AuthError(f"auth {alias or ''}: each item is a credential name or a mapping")
     source = str(spec.get("source", "credential")).strip().lower()
     if source not in SOURCES:
-        raise AuthError(f"auth {alias or ''}: unknown source {source!r} (known: {', '.join(sorted(SOURCES))})")
+        raise AuthError(
+            f"auth {alias or ''}: unknown source {source!r} (known: {', '.join(sorted(SOURCES))})"
+        )
     key = spec.get("key", spec.get("credential", spec.get("name")))
     service = spec.get("service", spec.get("type"))
     fields = spec.get("fields") or {}

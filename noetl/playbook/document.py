@@ -98,10 +98,14 @@ def as_json(value: Any, limits: Limits) -> Any:
         item, parent, key, depth = todo.pop()
         nodes += 1
         if nodes > limits.max_nodes:
-            raise PlaybookError(f"the playbook has more than {limits.max_nodes} values once its aliases expand")
+            raise PlaybookError(
+                f"the playbook has more than {limits.max_nodes} values once its aliases expand"
+            )
         if depth > limits.max_depth:
             # A recursive alias never ends, so it ends here too.
-            raise PlaybookError(f"the playbook is nested deeper than {limits.max_depth} levels (or an alias recurses)")
+            raise PlaybookError(
+                f"the playbook is nested deeper than {limits.max_depth} levels (or an alias recurses)"
+            )
         if isinstance(item, dict):
             copy: Any = {}
             for k, v in item.items():

@@ -105,7 +105,9 @@ def _workbook(raw: dict[str, Any], name: str, workbook: Workbook) -> dict[str, A
     input over the task's, and the step's auth, save, retry and timeout when it has them."""
     task_name = raw.get("task") or (raw.get("name") if "step" in raw else None)
     if not isinstance(task_name, str) or task_name not in workbook:
-        raise _Refused(f"the workbook has no task {task_name!r} (it has: {', '.join(sorted(workbook)) or 'none'})")
+        raise _Refused(
+            f"the workbook has no task {task_name!r} (it has: {', '.join(sorted(workbook)) or 'none'})"
+        )
     task = workbook[task_name]
     kind = _kind(task)
     if kind in ("workbook", StepType.ITERATOR, None):
@@ -122,7 +124,9 @@ def _iterator(raw: dict[str, Any], kind: str | None, name: str, workbook: Workbo
     if loop is not None:  # the step itself is the task, run per item
         spec = {**loop, "collection": loop.get("collection", loop.get("in", loop.get("items")))}
         spec["element"] = loop.get("element", loop.get("iterator"))
-        task = {k: v for k, v in raw.items() if k not in ("loop", "next", "step", "name", "desc", "description")}
+        task = {
+            k: v for k, v in raw.items() if k not in ("loop", "next", "step", "name", "desc", "description")
+        }
     else:
         spec = raw
         task = raw.get("task")
@@ -136,7 +140,12 @@ def _iterator(raw: dict[str, Any], kind: str | None, name: str, workbook: Workbo
     if not isinstance(spec.get("element"), str) or not spec["element"].isidentifier():
         raise _Refused("an iterator needs an `element`: the name each item is bound to")
     item = _item_task(task, name, workbook)
-    fields: dict[str, Any] = {"type": StepType.ITERATOR, "collection": collection, "element": spec["element"], "item": item}
+    fields: dict[str, Any] = {
+        "type": StepType.ITERATOR,
+        "collection": collection,
+        "element": spec["element"],
+        "item": item,
+    }
     mode = spec.get("mode", "sequential")
     fields["mode"] = "async" if mode in ("async", "parallel") else mode
     for key in ("concurrency", "where", "order_by", "limit", "chunk", "enumerate"):
@@ -155,7 +164,9 @@ def _item_task(task: dict[str, Any], name: str, workbook: Workbook) -> Step:
         if kind == "workbook":
             fields = _workbook(task, name, workbook)
         elif kind is None or kind in CONTROL_TYPES or kind == StepType.ITERATOR:
-            raise _Refused("an iterator's task must be an action (python, http, postgres, duckdb, playbook, ...)")
+            raise _Refused(
+                "an iterator's task must be an action (python, http, postgres, duckdb, playbook, ...)"
+            )
         else:
             fields = _action(task, kind, name, _input(task, kind))
         for key in ("retry", "timeout"):
@@ -288,14 +299,20 @@ def _python_wants_context(code: str) -> bool:
         compile(tree, "<step code>", "exec")
     except SyntaxError as exc:
         raise _Refused(f"the python code does not compile: line {exc.lineno}: {exc.msg}") from None
-    mains = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "main"]
+    mains = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "main"
+    ]
     if not mains:
         raise _Refused("the python code does not define main()")
     args = mains[-1].args
     names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
     if args.kwarg is not None or names & PYTHON_CONTEXT_NAMES:
         return True
-    return "context" in code and any(isinstance(node, ast.Name) and node.id == "context" for node in ast.walk(tree))
+    return "context" in code and any(
+        isinstance(node, ast.Name) and node.id == "context" for node in ast.walk(tree)
+    )
 
 
 def _transitions(raw: Any) -> list[dict[str, Any]]:
@@ -360,8 +377,11 @@ def _save(raw: Any) -> dict[str, Any]:
     keys = spec.get("key", spec.get("keys"))
     if keys is not None:
         fields["key"] = [keys] if isinstance(keys, str) else keys
-    for field, spellings in (("code", ("code", "script")), ("commands", ("commands", "command", "sql")),
-                             ("endpoint", ("endpoint", "url"))):
+    for field, spellings in (
+        ("code", ("code", "script")),
+        ("commands", ("commands", "command", "sql")),
+        ("endpoint", ("endpoint", "url")),
+    ):
         for spelling in spellings:
             if spec.get(spelling) is not None:
                 fields[field] = spec[spelling]

@@ -23,7 +23,9 @@ class Workflow:
         if not isinstance(raw_steps, list) or not raw_steps:
             raise PlaybookError("a playbook needs a non-empty `workflow` list of steps")
         if len(raw_steps) > limits.max_steps:
-            raise PlaybookError(f"the workflow has {len(raw_steps)} steps; at most {limits.max_steps} are allowed")
+            raise PlaybookError(
+                f"the workflow has {len(raw_steps)} steps; at most {limits.max_steps} are allowed"
+            )
         workload = document.get("workload")
         if workload is not None and not isinstance(workload, dict):
             raise PlaybookError("`workload` must be a mapping")
@@ -37,7 +39,9 @@ class Workflow:
         # No `start` step: the run begins at the first step of the workflow.
         self.first = START if START in self.steps else next(iter(self.steps))
         self.joins = self._check()
-        self.actions = sum(1 for s in self.steps.values() if s.type not in (StepType.START, StepType.END, StepType.ROUTER))
+        self.actions = sum(
+            1 for s in self.steps.values() if s.type not in (StepType.START, StepType.END, StepType.ROUTER)
+        )
 
     def targets(self, step: Step) -> list[Next]:
         """Every step `step` may go to, whatever its conditions say."""

@@ -141,7 +141,9 @@ ORDER BY created_at DESC, event_id DESC LIMIT 3
 """
 
 
-async def event_summary(conn: AsyncConnection, execution_id: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+async def event_summary(
+    conn: AsyncConnection, execution_id: int
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Events by type, and the last three action errors."""
     cur = await conn.execute(EVENT_COUNTS, (execution_id,))
     counts = {row["type"]: row["n"] for row in await cur.fetchall()}

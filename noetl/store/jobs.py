@@ -173,7 +173,9 @@ FROM executions WHERE execution_id = ANY(%s) ORDER BY execution_id FOR UPDATE
 _JOB_COLUMNS = """job_id, execution_id, step, kind, status, node_type, delivery, attempt, cause_job_id,
        start_event_id, loop_job_id, idx, item, child_execution_id, started_at, dispatched_at"""
 LOCK_JOBS = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s) ORDER BY job_id FOR UPDATE"
-LOCK_WAITING = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE child_execution_id = ANY(%s) ORDER BY job_id FOR UPDATE"
+LOCK_WAITING = (
+    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE child_execution_id = ANY(%s) ORDER BY job_id FOR UPDATE"
+)
 
 
 async def lock_executions(conn: AsyncConnection, execution_ids: list[int]) -> dict[int, ExecutionState]:
@@ -233,8 +235,11 @@ class JobUpdate:
     def of(cls, job_id: int, status: JobStatus, report: StepReport | None = None, **fields: Any) -> JobUpdate:
         if report is not None:
             fields.update(
-                delivery=report.delivery, attempt=report.attempt, worker=report.worker,
-                started_at=report.started_at, ended_at=report.ended_at,
+                delivery=report.delivery,
+                attempt=report.attempt,
+                worker=report.worker,
+                started_at=report.started_at,
+                ended_at=report.ended_at,
             )
         return cls(job_id, status, ended=status in FINISHED, **fields)
 
@@ -314,7 +319,9 @@ FROM executions e WHERE e.execution_id = ANY(%s)
 """
 
 
-async def contexts(conn: AsyncConnection, execution_ids: list[int]) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+async def contexts(
+    conn: AsyncConnection, execution_ids: list[int]
+) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
     """For each execution: its workload, and each step's result from its latest completed run."""
     cur = await conn.execute(CONTEXTS, (execution_ids,))
     return {row["execution_id"]: (row["workload"], row["results"]) for row in await cur.fetchall()}
@@ -415,12 +422,14 @@ async def dispatch_items(conn: AsyncConnection, loop_job_id: int, count: int) ->
 
 
 async def waits_for(conn: AsyncConnection, job_id: int, child_execution_id: int) -> None:
-    await conn.execute("UPDATE jobs SET child_execution_id = %s WHERE job_id = %s", (child_execution_id, job_id))
+    await conn.execute(
+        "UPDATE jobs SET child_execution_id = %s WHERE job_id = %s", (child_execution_id, job_id)
+    )
 
 
 async def item_results(conn: AsyncConnection, loop_job_id: int) -> list[Any]:
-    """A finished loop's item results, in item order."""
+    """A finished loop's item results, in item order (each of its jobs holds a list of them)."""
     cur = await conn.execute(
         "SELECT result FROM jobs WHERE loop_job_id = %s AND idx IS NOT NULL ORDER BY idx", (loop_job_id,)
     )
-    return [row["result"] for row in await cur.fetchall()]
+    return [result for row in await cur.fetchall() for result in (row["result"] or [])]

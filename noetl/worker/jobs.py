@@ -27,7 +27,8 @@ from noetl.bus.envelope import MSG_ID_HEADER, Command, Event, utcnow
 from noetl.bus.pull import Puller
 from noetl.bus.streams import ensure_consumer, job_consumer
 from noetl.bus.requests import Requester
-from noetl.contracts.jobs import DeadJob, Job, ReportKind, StepReport
+from noetl.contracts.jobs import DeadJob, ItemOutcome, Job, ReportKind, StepReport
+from noetl.playbook.steps import Retry
 from noetl.settings import Settings
 from noetl.worker.sandbox import SandboxPool
 from noetl.worker.steps import Outcome, StepFailed, Tools, run_step, task_of
@@ -158,28 +159,98 @@ class JobRunner:
             now = utcnow()
             await self._report(job, "failed", 1, delivery, started_at=now, ended_at=now, error=str(exc))
             return
+        if job.loop is not None:
+            await self._items(job, delivery, steps, retry)
+            return
         for attempt in range(1, retry.max_attempts + 1):
             started_at = utcnow()
             try:
                 outcome = await self._attempt(job, attempt, delivery, steps, started_at)
             except StepFailed as exc:
                 kind: ReportKind = "attempt_failed" if attempt < retry.max_attempts else "failed"
-                await self._report(job, kind, attempt, delivery, started_at=started_at, ended_at=utcnow(), error=str(exc))
+                await self._report(
+                    job, kind, attempt, delivery, started_at=started_at, ended_at=utcnow(), error=str(exc)
+                )
                 if kind == "failed":
                     return
                 await asyncio.sleep(retry.delay_before(attempt + 1))
                 continue
             await self._report(
-                job, "completed", attempt, delivery, started_at=started_at, ended_at=utcnow(),
-                result=outcome.result, saved=outcome.saved, input=outcome.input,
+                job,
+                "completed",
+                attempt,
+                delivery,
+                started_at=started_at,
+                ended_at=utcnow(),
+                result=outcome.result,
+                saved=outcome.saved,
+                input=outcome.input,
             )
             return
 
-    async def _attempt(self, job: Job, attempt: int, delivery: int, steps: Tools, started_at: datetime) -> Outcome:
+    async def _items(self, job: Job, delivery: int, steps: Tools, retry: Retry) -> None:
+        """A loop job: its items side by side (as many at once as this pool's capacity), each
+        with its own attempts; one report for them all."""
+        assert job.loop is not None
+        slots = asyncio.Semaphore(self.capacity)
+
+        async def run(index: int, value: Any) -> ItemOutcome:
+            async with slots:
+                for attempt in range(1, retry.max_attempts + 1):
+                    started_at = utcnow()
+                    try:
+                        outcome = await run_step(job, steps, self.settings.limit_result_bytes, (index, value))
+                    except StepFailed as exc:
+                        if attempt == retry.max_attempts:
+                            return ItemOutcome(
+                                index=index,
+                                attempts=attempt,
+                                started_at=started_at,
+                                ended_at=utcnow(),
+                                error=str(exc),
+                            )
+                        await asyncio.sleep(retry.delay_before(attempt + 1))
+                        continue
+                    return ItemOutcome(
+                        index=index,
+                        attempts=attempt,
+                        started_at=started_at,
+                        ended_at=utcnow(),
+                        result=outcome.result,
+                        saved=outcome.saved,
+                    )
+            raise AssertionError("unreachable: max_attempts >= 1")
+
+        outcomes = list(await asyncio.gather(*(run(i, v) for i, v in job.loop.each())))
+        failed = next((o for o in outcomes if o.error is not None), None)
+        times = {
+            "started_at": min(o.started_at for o in outcomes),
+            "ended_at": max(o.ended_at for o in outcomes),
+        }
+        if failed is not None:
+            await self._report(
+                job,
+                "failed",
+                failed.attempts,
+                delivery,
+                items=outcomes,
+                error=f"item {failed.index}: {failed.error}",
+                **times,
+            )
+        else:
+            await self._report(
+                job, "completed", 1, delivery, items=outcomes, result=[o.result for o in outcomes], **times
+            )
+
+    async def _attempt(
+        self, job: Job, attempt: int, delivery: int, steps: Tools, started_at: datetime
+    ) -> Outcome:
         """Run one attempt. Its start is reported once it has run for the delay; an attempt that
         ends sooner carries its start in its final report (one command instead of two)."""
         ended = asyncio.Event()
-        start = asyncio.ensure_future(self._report_start_after_delay(job, attempt, delivery, ended, started_at))
+        start = asyncio.ensure_future(
+            self._report_start_after_delay(job, attempt, delivery, ended, started_at)
+        )
         try:
             return await run_step(job, steps, self.settings.limit_result_bytes)
         finally:

@@ -90,7 +90,9 @@ class Sandbox:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    async def call(self, step: str, code: str, data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    async def call(
+        self, step: str, code: str, data: dict[str, Any], context: dict[str, Any]
+    ) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         request = {"step": step, "code": code, "data": data, "context": context}
         self.proc.stdin.write(json.dumps(request, default=str).encode() + b"\n")
@@ -113,7 +115,9 @@ class SandboxPool:
         self._idle: list[Sandbox] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def run(self, step: str, code: str, data: dict[str, Any], context: dict[str, Any], timeout: float) -> Any:
+    async def run(
+        self, step: str, code: str, data: dict[str, Any], context: dict[str, Any], timeout: float
+    ) -> Any:
         async with self._slots:
             sandbox = self._idle.pop() if self._idle else await Sandbox.spawn()
             try:

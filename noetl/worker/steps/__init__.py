@@ -31,7 +31,9 @@ def task_of(job: Job) -> Step:
     try:
         return _TASK.validate_python(job.task)
     except ValidationError as exc:
-        raise StepFailed(f"the job's step is not one a worker runs: {exc.errors(include_url=False)[0]['msg']}") from None
+        raise StepFailed(
+            f"the job's step is not one a worker runs: {exc.errors(include_url=False)[0]['msg']}"
+        ) from None
 
 
 class Outcome:
@@ -43,15 +45,18 @@ class Outcome:
         self.input = input
 
 
-async def run_step(job: Job, tools: Tools, max_result_bytes: int) -> Outcome:
-    """Render the job's step, run it, then its save. Raises StepFailed."""
+async def run_step(
+    job: Job, tools: Tools, max_result_bytes: int, item: tuple[int, Any] | None = None
+) -> Outcome:
+    """Render the job's step (for one of its loop items, when it has them), run it, then its
+    save. Raises StepFailed."""
     step = task_of(job)
     runner = RUNNERS.get(step.type)
     if runner is None:
         raise StepFailed(f"a worker does not run {step.type!r} steps")
     attempt = StepRun(job=job, step=step, tools=tools)
     try:
-        await prepare(attempt)
+        await prepare(attempt, item)
         result = await runner(attempt)
         saved = None
         if step.save is not None and step.type != StepType.SAVE:

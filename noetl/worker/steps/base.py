@@ -74,7 +74,12 @@ class StepRun:
                 if credential is None:
                     raise StepFailed(f"credential {item.key!r} was not granted to this step")
                 service = item.service or _service(credential.type)
-                resolved.append((AuthItem(item.alias, item.source, item.key, service, item.fields), {**credential.data, **item.fields}))
+                resolved.append(
+                    (
+                        AuthItem(item.alias, item.source, item.key, service, item.fields),
+                        {**credential.data, **item.fields},
+                    )
+                )
             elif item.source == "inline":
                 resolved.append((item, dict(item.fields)))
             else:
@@ -83,7 +88,6 @@ class StepRun:
                     raise StepFailed(f"auth: the environment variable {variable!r} is not set on this worker")
                 resolved.append((item, {"value": os.environ[variable], **item.fields}))
         return resolved
-
 
     def redact(self, value: Any) -> Any:
         """`value` with every secret this step knows replaced by `***`."""
@@ -122,9 +126,10 @@ def _service(credential_type: str) -> str | None:
     return next((s for s in ("postgres", "gcs", "s3", "azure") if s in lowered), lowered or None)
 
 
-async def prepare(run: StepRun) -> None:
+async def prepare(run: StepRun, item: tuple[int, Any] | None = None) -> None:
     """Fetch the job's credentials, resolve secret references in its context, and build the scope
-    and the input: the transition's payload over the step's own input."""
+    (with `item`, (index, value), bound as the loop says) and the input: the transition's payload
+    over the step's own input."""
     job, step = run.job, run.step
     if job.credentials:
         try:
@@ -146,17 +151,15 @@ async def prepare(run: StepRun) -> None:
             "worker_id": run.tools.worker_id,
         },
     }
-    if job.loop is not None:
-        loop = job.loop
-        scope.update(
-            {loop.element: loop.item, "_loop": {"current_index": loop.index, "index": loop.index, "item": loop.item, "count": loop.count}}
-        )
-        scope.setdefault(loop.step, {"result_index": loop.index})
+    if job.loop is not None and item is not None:
+        loop, (index, value) = job.loop, item
+        scope[loop.element] = scope["value"] = value
+        scope["_loop"] = {"current_index": index, "index": index, "item": value, "count": loop.count}
+        scope.setdefault(loop.step, {"result_index": index})
         if loop.enumerate:
-            scope["index"] = loop.index
+            scope["index"] = index
         if loop.chunked:
-            scope["batch"] = loop.item
-        scope["value"] = loop.item
+            scope["batch"] = value
     _render_workload(scope)
     run.scope = scope
     payload = run.render(job.payload or {}, "the transition's data")

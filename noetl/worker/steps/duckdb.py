@@ -72,9 +72,15 @@ def _secrets(run: StepRun, auth: Any) -> list[tuple[str, str]]:
             }
             kind = service
         else:
-            raise StepFailed(f"auth {item.alias or ''}: DuckDB takes postgres, gcs or s3 credentials, not {service!r}")
-        options = ", ".join(f"{k} '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in pairs.items() if v is not None)
-        statements.append((SECRET_EXTENSIONS[service], f"CREATE OR REPLACE SECRET {name} (TYPE {kind}, {options})"))
+            raise StepFailed(
+                f"auth {item.alias or ''}: DuckDB takes postgres, gcs or s3 credentials, not {service!r}"
+            )
+        options = ", ".join(
+            f"{k} '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in pairs.items() if v is not None
+        )
+        statements.append(
+            (SECRET_EXTENSIONS[service], f"CREATE OR REPLACE SECRET {name} (TYPE {kind}, {options})")
+        )
     return statements
 
 
@@ -97,7 +103,11 @@ def run_script(path: str, sql: str, secrets: list[tuple[str, str]]) -> dict[str,
                 if wanted.group(2).lower() not in have:
                     raise _missing(wanted.group(2).lower())
                 if wanted.group(1).upper() == "INSTALL":
-                    results[f"command_{len(results)}"] = {"status": "success", "row_count": 0, "message": "installed"}
+                    results[f"command_{len(results)}"] = {
+                        "status": "success",
+                        "row_count": 0,
+                        "message": "installed",
+                    }
                     continue
             try:
                 con.execute(query)

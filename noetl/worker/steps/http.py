@@ -33,7 +33,9 @@ def auth_headers(run: StepRun, auth: Any) -> dict[str, str]:
         elif service == "header":
             headers.update({str(k): str(v) for k, v in (fields.get("headers") or fields).items()})
         else:
-            raise StepFailed(f"auth for an http step must be bearer, basic, api_key or header, not {service!r}")
+            raise StepFailed(
+                f"auth for an http step must be bearer, basic, api_key or header, not {service!r}"
+            )
     return headers
 
 

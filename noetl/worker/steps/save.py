@@ -43,7 +43,9 @@ def _table(name: str) -> sql.Composable:
     return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
-def insert_statement(table: str, rows: list[dict[str, Any]], mode: str, key: tuple[str, ...]) -> tuple[sql.Composable, list[Any]]:
+def insert_statement(
+    table: str, rows: list[dict[str, Any]], mode: str, key: tuple[str, ...]
+) -> tuple[sql.Composable, list[Any]]:
     """One INSERT of every row (columns: every key seen, in order); upsert on `key`."""
     columns = list(dict.fromkeys(column for row in rows for column in row))
     values = [[_param(row.get(c)) for c in columns] for row in rows]
@@ -55,7 +57,9 @@ def insert_statement(table: str, rows: list[dict[str, Any]], mode: str, key: tup
     )
     if mode == "upsert":
         if not key or not set(key) <= set(columns):
-            raise StepFailed(f"an upsert needs its `key` ({', '.join(key) or 'none given'}) among the data's columns")
+            raise StepFailed(
+                f"an upsert needs its `key` ({', '.join(key) or 'none given'}) among the data's columns"
+            )
         others = [c for c in columns if c not in key]
         action = (
             sql.SQL("DO UPDATE SET {}").format(
@@ -89,7 +93,9 @@ async def save(run: StepRun, spec: Save, result: Any) -> dict[str, Any]:
             params = run.render(spec.params, "`save.params`", names) if spec.params else data
             statement = _render_sql(run, spec.statement, {**names, "data": data})
             if isinstance(params, dict):
-                outcome = await postgres.execute(conninfo, BIND.sub(r"%(\1)s", statement.replace("%", "%%")), params)
+                outcome = await postgres.execute(
+                    conninfo, BIND.sub(r"%(\1)s", statement.replace("%", "%%")), params
+                )
             else:
                 outcome = await postgres.execute(conninfo, statement)
         else:
@@ -98,11 +104,20 @@ async def save(run: StepRun, spec: Save, result: Any) -> dict[str, Any]:
             outcome = await postgres.execute(conninfo, statement_sql, values)
         return {"saved": "postgres", "table": spec.table, "data": data, "result": outcome}
     if spec.storage == "duckdb":
-        return {"saved": "duckdb", "table": spec.table, "data": data, "result": await _duckdb(run, spec, data, names)}
+        return {
+            "saved": "duckdb",
+            "table": spec.table,
+            "data": data,
+            "result": await _duckdb(run, spec, data, names),
+        }
     if spec.storage == "python":
         try:
             value = await run.tools.sandboxes.run(
-                f"{run.step.name}.save", spec.code or DEFAULT_PYTHON, {"data": data}, {"result": result}, run.timeout
+                f"{run.step.name}.save",
+                spec.code or DEFAULT_PYTHON,
+                {"data": data},
+                {"result": result},
+                run.timeout,
             )
         except CodeFailed as exc:
             raise StepFailed(f"save: {exc}") from None
@@ -151,7 +166,9 @@ async def _http(run: StepRun, spec: Save, data: Any, auth: Any, names: dict[str,
     headers = {str(k): str(v) for k, v in run.render(spec.headers or {}, "`save.headers`", names).items()}
     headers.update(auth_headers(run, auth) if auth is not None else {})
     try:
-        response = await run.tools.http.request(spec.method.upper(), url, json=data, headers=headers, timeout=run.timeout)
+        response = await run.tools.http.request(
+            spec.method.upper(), url, json=data, headers=headers, timeout=run.timeout
+        )
     except Exception as exc:
         raise StepFailed(f"save: {spec.method.upper()} {url} failed: {exc}") from None
     if response.is_error:

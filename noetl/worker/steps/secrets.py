@@ -12,6 +12,7 @@ from noetl.playbook.auth import secret_provider, secret_ref
 from noetl.playbook.steps import SecretsStep
 from noetl.worker.steps.base import StepFailed, StepRun, secret_of
 
+
 async def run(run: StepRun) -> Any:
     step = run.step
     assert isinstance(step, SecretsStep)
