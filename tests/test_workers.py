@@ -1002,7 +1002,10 @@ async def test_a_step_whose_worker_dies_on_every_delivery_fails_the_execution(wx
     assert detail["status"] == "failed", detail
     assert "delivered 2 times" in detail["error"], detail["error"]
     assert [w.alive for w in pool].count(True) == 1  # one died running it; the other refused
-    assert not events_of(detail, "action_started", "crash")  # it died before its start was told
+    # Its start is told only if it ran past NOETL_WORKER_START_REPORT_DELAY before the kill (on a
+    # busy machine it may): at most once, for the delivery that ran. It never ended.
+    assert len(events_of(detail, "action_started", "crash")) <= 1
+    assert not events_of(detail, "action_completed", "crash")
     (failed,) = events_of(detail, "step_failed", "crash")
     assert "delivered 2 times" in failed["error"]
     row = await wx.db.one(
