@@ -20,7 +20,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
-from consumers import engine
+from consumers import engine, work
 from consumers.batch import Batch, Dispatch
 from consumers.children import Children
 from consumers.engine import KIND, Arrival, ExecutionFailed, limits, now, seconds_between
@@ -29,14 +29,13 @@ from consumers.flow import Context, Plan
 from consumers.loops import Loops
 from noetl.contracts.execution import TERMINAL, EventStatus, ExecutionStatus
 from noetl.contracts.jobs import ACTIVE, FINISHED, ChildFinished, JobStatus, LoopItems, StepReport
-from noetl.playbook.auth import credential_names, secret_provider, secret_refs
-from noetl.playbook.steps import CONTROL_TYPES, Next, SaveStep, SecretsStep, Step, StepType
+from noetl.playbook.steps import CONTROL_TYPES, Next, SaveStep, Step, StepType
 from noetl.playbook.workflow import END
 from noetl.store import executions as store
 from noetl.store import jobs as job_store
 from noetl.store.jobs import ExecutionState, JobState, JobUpdate, NewJob, PendingItem
 from noetl.store.outbox import NewEvent
-from noetl.templates import RenderError, paths, prune, render
+from noetl.templates import RenderError, render
 
 
 class Broker:
@@ -127,7 +126,8 @@ class Broker:
             self.steps += 1
             if self.steps > limits().steps:
                 raise ExecutionFailed(
-                    f"step {step.name!r}: the execution ran {limits().steps} steps (a loop back that never ends?)"
+                    f"step {step.name!r}: the execution ran {limits().steps} steps "
+                    "(a loop back that never ends?)"
                 )
             started = self.emit(
                 "step_started",
@@ -231,12 +231,12 @@ class Broker:
     def job_context(
         self, step: Step, values: dict[str, Any], payload: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The part of the context a worker's job for `step` reads (all of it for python that
-        asks)."""
-        wanted = self.plan.paths(step)
-        if wanted is None:
-            return values
-        return prune(values, wanted | paths(payload) if payload else wanted)
+        return work.context_for(self.plan, step, values, payload)
+
+    def credentials(self, step: Step, names: dict[str, Any], context: dict[str, Any] | None) -> list[str]:
+        return work.credentials_for(
+            step, lambda template, what: self.render(step, template, names, what), context
+        )
 
     def dispatch(
         self,
@@ -262,34 +262,18 @@ class Broker:
             )
         )
 
-    def credentials(self, step: Step, names: dict[str, Any], context: dict[str, Any] | None) -> list[str]:
-        """The credentials its worker may fetch for `step`: those its `auth` (and its save's)
-        names, a `secrets` step's own, and those behind secret references in its context."""
-        found: set[str] = set()
-        for auth in (step.auth, step.save.auth if step.save else None):
-            if auth is not None:
-                found |= credential_names(self.render(step, auth, names, "`auth`"))
-        if isinstance(step, SecretsStep):
-            if secret_provider(self.render(step, step.provider, names, "`provider`")) == "credential":
-                found.add(str(self.render(step, step.secret_name, names, "`secret_name`")))
-        if context:
-            found |= {
-                str(ref.get("key")) for ref in secret_refs(context) if ref.get("source") == "credential"
-            }
-        return sorted(found)
-
     # --------------------------------------------------------------------------- what comes back
 
     async def report(self, job: JobState, report: StepReport) -> str:
         """A worker's report about one of this execution's jobs; what became of it."""
         if self.ended:
-            return f"ignored: execution is {self.execution.status if self.execution.status in TERMINAL else 'over'}"
+            return "ignored: the execution has ended"
         if job.status in FINISHED:
             return f"ignored: job is {job.status}"
         if report.delivery < job.delivery:
             return "ignored: a report from an earlier delivery"
         if job.loop_job_id is not None and job.idx is not None:
-            return await self._items_report(job, report)
+            return await self.loops.report(job, report)
         about = {
             "step": job.step,
             "node_type": job.node_type,
@@ -334,54 +318,6 @@ class Broker:
                 **about,
             )
             await self.job_completed(job, report.result, report.ended_at, **who)
-        return report.kind
-
-    async def _items_report(self, job: JobState, report: StepReport) -> str:
-        """A loop job's report: an event for each of its items' ends, then the job's end."""
-        if report.kind in ("started", "attempt_failed"):
-            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.RUNNING, report))
-            return report.kind
-        about = {
-            "step": job.step,
-            "node_type": job.node_type,
-            "worker": report.worker,
-            "parent": job.start_event_id,
-            "delivery": report.delivery,
-            "job_id": str(job.job_id),
-        }
-        outcomes = {o.index: o for o in report.items or []}
-        for index, value in enumerate(job.item, start=job.idx or 0):
-            o = outcomes.get(index)
-            if o is None:
-                continue
-            timing = {
-                "time": o.ended_at,
-                "duration": o.duration,
-                "attempt": o.attempts,
-                "index": index,
-                "item": value,
-            }
-            if o.error is not None:
-                self.emit("action_error", EventStatus.FAILED, error=o.error, **timing, **about)
-            else:
-                self.emit(
-                    "action_completed",
-                    EventStatus.COMPLETED,
-                    result=o.result,
-                    saved=o.saved,
-                    **timing,
-                    **about,
-                )
-        if report.kind == "completed":
-            results = [
-                outcomes[i].result if i in outcomes else None
-                for i in range(job.idx or 0, (job.idx or 0) + len(job.item))
-            ]
-            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=results))
-            self.loops.job_finished(job)
-        else:
-            self.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, report, error=report.error))
-            await self.job_failed(job, report.error or "failed", report.ended_at, worker=report.worker)
         return report.kind
 
     async def child_done(self, job: JobState, outcome: ChildFinished) -> str:

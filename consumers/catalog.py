@@ -27,7 +27,6 @@ from noetl.settings import Settings
 from noetl.store import catalog as store
 from noetl.store.outbox import NewEvent, add_events
 
-
 LIMITS = Limits()
 
 

@@ -47,7 +47,8 @@ class Children:
         entry = await catalog_store.by_path(parent.conn, step.path, version)
         if entry is None:
             raise ExecutionFailed(
-                f"step {step.name!r}: the playbook {step.path!r} (version {step.version}) is not in the catalog"
+                f"step {step.name!r}: the playbook {step.path!r} (version {step.version}) "
+                "is not in the catalog"
             )
         parameters = parent.render(step, step.input, names, "`data`")
         if not isinstance(parameters, dict):
@@ -117,7 +118,8 @@ class Children:
             "child_execution_id": outcome.child_execution_id,
         }
         if outcome.status != ExecutionStatus.COMPLETED:
-            error = f"the child execution {outcome.child_execution_id} {outcome.status}: {outcome.error or 'no reason given'}"
+            why = outcome.error or "no reason given"
+            error = f"the child execution {outcome.child_execution_id} {outcome.status}: {why}"
             if item:
                 error = f"item {job.idx}: {error}"
             broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, error=error))

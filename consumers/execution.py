@@ -8,8 +8,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from consumers import broker
-from consumers.batch import batch
 from consumers.base import Domain, by_type, dead_letter, each, many
+from consumers.batch import batch
 from consumers.events import Ref, execution_event
 from consumers.queries import NotFound
 from noetl.bus import subjects

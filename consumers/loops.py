@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from consumers.engine import KIND, Arrival, ExecutionFailed, limits, now, seconds_between
 from consumers.flow import Context
 from noetl.contracts.execution import EventStatus
-from noetl.contracts.jobs import JobKind, JobStatus, LoopItems
+from noetl.contracts.jobs import JobKind, JobStatus, LoopItems, StepReport
 from noetl.playbook.steps import IteratorStep, SaveStep, Step, StepType
 from noetl.store import jobs as job_store
 from noetl.store.jobs import JobState, JobUpdate, LoopState, NewJob, PendingItem
@@ -187,6 +187,55 @@ class Loops:
                 enumerate=step.enumerate,
             )
             broker.dispatch(task, row, context or {}, loop=loop)
+
+    async def report(self, job: JobState, report: StepReport) -> str:
+        """A loop job's report: an event for each of its items' ends, then the job's end."""
+        broker = self.broker
+        if report.kind in ("started", "attempt_failed"):
+            broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.RUNNING, report))
+            return report.kind
+        about = {
+            "step": job.step,
+            "node_type": job.node_type,
+            "worker": report.worker,
+            "parent": job.start_event_id,
+            "delivery": report.delivery,
+            "job_id": str(job.job_id),
+        }
+        outcomes = {o.index: o for o in report.items or []}
+        for index, value in enumerate(job.item, start=job.idx or 0):
+            o = outcomes.get(index)
+            if o is None:
+                continue
+            timing = {
+                "time": o.ended_at,
+                "duration": o.duration,
+                "attempt": o.attempts,
+                "index": index,
+                "item": value,
+            }
+            if o.error is not None:
+                broker.emit("action_error", EventStatus.FAILED, error=o.error, **timing, **about)
+            else:
+                broker.emit(
+                    "action_completed",
+                    EventStatus.COMPLETED,
+                    result=o.result,
+                    saved=o.saved,
+                    **timing,
+                    **about,
+                )
+        if report.kind == "completed":
+            results = [
+                outcomes[i].result if i in outcomes else None
+                for i in range(job.idx or 0, (job.idx or 0) + len(job.item))
+            ]
+            broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.COMPLETED, report, result=results))
+            self.job_finished(job)
+        else:
+            broker.batch.update(job, JobUpdate.of(job.job_id, JobStatus.FAILED, report, error=report.error))
+            await broker.job_failed(job, report.error or "failed", report.ended_at, worker=report.worker)
+        return report.kind
 
     def job_finished(self, job: JobState) -> None:
         """A loop job (or the loop's own save) ended: counted at the end of the batch."""

@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 
 from psycopg_pool import AsyncConnectionPool
 
-from consumers import catalog, offload, credentials, execution, queries, runtime
+from consumers import catalog, credentials, execution, offload, queries, runtime
 from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper

@@ -29,9 +29,9 @@ from noetl.contracts.jobs import StepReport
 # Before the import: its asserts are rewritten like a conftest's (and pytest does not warn).
 pytest.register_assert_rewrite("workers_support")
 from workers_support import (  # noqa: E402
+    ACTION_EVENTS,
     HELLO_PATH,
     LEASE_SECONDS,
-    ACTION_EVENTS,
     WorkerStack,
     action_events,
     events_of,

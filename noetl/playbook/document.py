@@ -32,6 +32,9 @@ class Limits:
     max_steps: int = 5_000
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """SafeLoader (libyaml's when the wheel has it: fast, and its nesting is bounded) without
     timestamps: `2024-01-01` stays the string it was written as."""
@@ -64,14 +67,14 @@ _PureLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
 EXPLAIN_BELOW = 64 * 1024  # a refused text this small is read again, by _PureLoader, to say where
 
 
-def load(text: str, limits: Limits = Limits()) -> dict[str, Any]:
+def load(text: str, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The YAML text as a document (a mapping), or PlaybookError."""
     try:
-        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        document = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         if len(text) < EXPLAIN_BELOW and "nesting depth" not in str(exc.problem):
             try:
-                yaml.load(text, Loader=_PureLoader)  # noqa: S506 - a SafeLoader subclass
+                yaml.load(text, Loader=_PureLoader)
             except yaml.MarkedYAMLError as pure:
                 exc = pure
             except (yaml.YAMLError, RecursionError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from noetl.playbook.document import PLAYBOOK_KIND, Limits, PlaybookError, catalog_path, load
+from noetl.playbook.document import DEFAULT_LIMITS, PLAYBOOK_KIND, Limits, PlaybookError, catalog_path, load
 from noetl.playbook.parse import parse_step
 from noetl.playbook.steps import Branch, Next, Otherwise, Step, StepType
 from noetl.templates import render, truthy
@@ -18,7 +18,7 @@ END = "end"
 class Workflow:
     """The steps by name, where a run begins, and which steps can be entered more than once."""
 
-    def __init__(self, document: Mapping[str, Any], limits: Limits = Limits()) -> None:
+    def __init__(self, document: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:
         raw_steps = document.get("workflow", document.get("steps"))
         if not isinstance(raw_steps, list) or not raw_steps:
             raise PlaybookError("a playbook needs a non-empty `workflow` list of steps")
@@ -127,7 +127,9 @@ def _workbook(raw: Any) -> dict[str, dict[str, Any]]:
     return tasks
 
 
-def validate(document: Mapping[str, Any], resource_type: str, limits: Limits = Limits()) -> Workflow | None:
+def validate(
+    document: Mapping[str, Any], resource_type: str, limits: Limits = DEFAULT_LIMITS
+) -> Workflow | None:
     """Check a document registered as `resource_type`; playbooks get their workflow built."""
     kind = document.get("kind", resource_type)
     if kind != resource_type:
@@ -135,7 +137,7 @@ def validate(document: Mapping[str, Any], resource_type: str, limits: Limits = L
     return Workflow(document, limits) if resource_type == PLAYBOOK_KIND else None
 
 
-def read(text: str, resource_type: str, limits: Limits = Limits()) -> tuple[str, dict[str, Any]]:
+def read(text: str, resource_type: str, limits: Limits = DEFAULT_LIMITS) -> tuple[str, dict[str, Any]]:
     """A registration's text as (catalog path, document), checked; or PlaybookError."""
     document = load(text, limits)
     validate(document, resource_type, limits)

@@ -18,8 +18,10 @@ from noetl.contracts.jobs import FINISHED, JobKind, JobStatus, StepReport
 from noetl.store.outbox import NewEvent
 
 ALLOCATE = """
-SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('jobs', 'job_id')) FROM generate_series(1, %s)) AS jobs,
-       ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_id')) FROM generate_series(1, %s)) AS events
+SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('jobs', 'job_id'))
+             FROM generate_series(1, %s)) AS jobs,
+       ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'event_id'))
+             FROM generate_series(1, %s)) AS events
 """
 
 

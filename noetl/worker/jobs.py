@@ -25,8 +25,8 @@ from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import MSG_ID_HEADER, Command, Event, utcnow
 from noetl.bus.pull import Puller
-from noetl.bus.streams import ensure_consumer, job_consumer
 from noetl.bus.requests import Requester
+from noetl.bus.streams import ensure_consumer, job_consumer
 from noetl.contracts.jobs import DeadJob, ItemOutcome, Job, ReportKind, StepReport
 from noetl.playbook.steps import Retry
 from noetl.settings import Settings

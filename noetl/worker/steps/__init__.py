@@ -70,6 +70,7 @@ async def run_step(
     size = len(json.dumps(result, default=str))
     if size > max_result_bytes:
         raise StepFailed(
-            f"the step's result is {size} bytes; at most {max_result_bytes} can be kept (NOETL_LIMIT_RESULT_BYTES)"
+            f"the step's result is {size} bytes; at most {max_result_bytes} can be kept "
+            "(NOETL_LIMIT_RESULT_BYTES)"
         )
     return Outcome(result, attempt.redact(saved), attempt.redact(attempt.input))

@@ -156,7 +156,7 @@ async def _duckdb(run: StepRun, spec: Save, data: Any, names: dict[str, Any]) ->
         script.append(f"INSERT INTO {table} BY NAME SELECT * FROM {source}")
         return await asyncio.to_thread(duckdb_step.run_script, path, ";\n".join(script), [])
     finally:
-        Path(handle.name).unlink(missing_ok=True)
+        await asyncio.to_thread(Path(handle.name).unlink, missing_ok=True)
 
 
 async def _http(run: StepRun, spec: Save, data: Any, auth: Any, names: dict[str, Any]) -> dict[str, Any]:
