@@ -64,10 +64,7 @@ class Broker:
         batch = Batch.current()
         broker = batch.brokers.get(execution.execution_id)
         if broker is None:
-            if document is not None:
-                plan = Plan.of(execution.catalog_id, document)
-            else:
-                plan = await Plan.load(batch.conn, execution.catalog_id)
+            plan = await Plan.get(batch.conn, execution.catalog_id, document)
             broker = batch.brokers[execution.execution_id] = cls(batch, execution, plan)
         return broker
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from consumers import offload
 from noetl.playbook.document import runtime
 from noetl.playbook.steps import IteratorStep, PythonStep, Step
 from noetl.playbook.workflow import Workflow
@@ -16,6 +17,7 @@ from noetl.store import jobs as job_store
 from noetl.templates import Path, paths
 
 PLAN_CACHE_SIZE = 512
+INLINE_STEPS = 100
 
 
 class Plan:
@@ -31,22 +33,26 @@ class Plan:
         self._tasks: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def of(cls, catalog_id: int, document: dict[str, Any]) -> Plan:
+    async def get(
+        cls, conn: AsyncConnection, catalog_id: int, document: dict[str, Any] | None = None
+    ) -> Plan:
+        """The plan of a catalog entry (its document read from the store unless given)."""
         plan = cls._cache.get(catalog_id)
         if plan is None:
-            plan = cls._cache[catalog_id] = cls(catalog_id, document)
+            if document is None:
+                entry = await catalog_store.by_id(conn, catalog_id)
+                assert entry is not None, f"catalog entry {catalog_id} vanished"
+                document = entry["payload"]
+            steps = document.get("workflow") or []
+            # A big workflow is parsed in the offload process, off the loop that applies commands.
+            if len(steps) > INLINE_STEPS:
+                plan = await offload.run(Plan, catalog_id, document)
+            else:
+                plan = cls(catalog_id, document)
+            cls._cache[catalog_id] = plan
             if len(cls._cache) > PLAN_CACHE_SIZE:
                 cls._cache.popitem(last=False)
         return plan
-
-    @classmethod
-    async def load(cls, conn: AsyncConnection, catalog_id: int) -> Plan:
-        plan = cls._cache.get(catalog_id)
-        if plan is not None:
-            return plan
-        entry = await catalog_store.by_id(conn, catalog_id)
-        assert entry is not None, f"catalog entry {catalog_id} vanished"
-        return cls.of(catalog_id, entry["payload"])
 
     def step(self, name: str) -> Step:
         return self.workflow.steps[name]

@@ -139,6 +139,14 @@ async def test_the_heaviest_playbook_is_read_off_the_loop_that_applies_commands(
     assert response.json()["path"] == "limits/heaviest"
     # Read inline, the loop would have stalled for the whole read.
     assert max(gaps) < max(0.5, reading / 2), (max(gaps), reading)
+    # Running it builds its plan (in the offload process too): the first step is dispatched.
+    run = await xstack.client.post("/api/executions/run", json={"path": "limits/heaviest"})
+    assert run.status_code == 200, run.text
+    detail = (await xstack.client.get(f"/api/executions/{run.json()['execution_id']}")).json()
+    assert [(e["event_type"], e["node_name"]) for e in detail["events"]] == [
+        ("execution_start", "heaviest"),
+        ("step_started", "s0"),
+    ]
 
 
 def test_limits_are_settings() -> None:
