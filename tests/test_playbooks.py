@@ -442,3 +442,74 @@ async def test_a_failed_save_fails_its_step(wx: WorkerStack) -> None:
     assert detail["status"] == "failed"
     assert "save failed" in detail["error"] and "no_such_table_here" in detail["error"], detail["error"]
     assert not action_events(detail, "step_completed")
+
+
+async def test_a_loop_saves_its_whole_result_and_a_failing_item_fails_it(wx: WorkerStack) -> None:
+    await pg_local(wx)
+    await wx.db.execute("DROP TABLE IF EXISTS noetl_loop_totals")
+    await wx.db.execute("CREATE TABLE noetl_loop_totals (run text PRIMARY KEY, squares jsonb)")
+    path = "tests/playbooks/loop-save"
+    square = "def main(n):\n    return n * n\n"
+    await wx.register(
+        playbook(
+            path,
+            [
+                {"step": "start", "next": to_end("each")},
+                {
+                    "step": "each",
+                    "type": "iterator",
+                    "mode": "async",
+                    "concurrency": 8,
+                    "collection": "{{ workload.numbers }}",
+                    "element": "n",
+                    "task": {"type": "python", "code": square, "data": {"n": "{{ n }}"}},
+                    "save": {
+                        "storage": "postgres",
+                        "auth": "pg_local",
+                        "table": "noetl_loop_totals",
+                        "data": {"run": "{{ execution_id }}", "squares": "{{ result }}"},
+                    },
+                    "next": to_end(),
+                },
+                {"step": "end"},
+            ],
+            workload={"numbers": list(range(10))},
+        )
+    )
+    detail = completed(await wx.finished(await wx.run(path)))
+    squares = [n * n for n in range(10)]
+    assert detail["result"] == squares
+    row = await wx.db.one("SELECT squares FROM noetl_loop_totals WHERE run = %s", detail["execution_id"])
+    assert row == {"squares": squares}
+
+    failing = "tests/playbooks/loop-fails"
+    picky = "def main(n):\n    if n == 3:\n        raise ValueError('three is not allowed')\n    return n\n"
+    await wx.register(
+        playbook(
+            failing,
+            [
+                {
+                    "step": "each",
+                    "type": "iterator",
+                    "mode": "async",
+                    "concurrency": 4,
+                    "collection": [1, 2, 3, 4, 5, 6],
+                    "element": "n",
+                    "task": {"type": "python", "code": picky, "data": {"n": "{{ n }}"}},
+                    "next": to_end("after"),
+                },
+                python_step("after", "def main():\n    return 1\n"),
+            ],
+        )
+    )
+    failed = await wx.finished(await wx.run(failing))
+    assert failed["status"] == "failed", failed
+    assert "item 2" in failed["error"] and "three is not allowed" in failed["error"], failed["error"]
+    (error,) = events_of(failed, "action_error", "each")
+    assert error["current_index"] == 2 and error["current_item"] == 3
+    assert "after" not in {e["step"] for e in events_of(failed, "step_started")}
+    left = await wx.db.value(
+        "SELECT count(*) FROM jobs WHERE execution_id = %s AND status IN ('pending', 'queued', 'running')",
+        int(failed["execution_id"]),
+    )
+    assert left == 0
