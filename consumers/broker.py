@@ -29,6 +29,7 @@ from consumers.flow import Context, Plan
 from consumers.loops import Loops
 from noetl.contracts.execution import TERMINAL, EventStatus, ExecutionStatus
 from noetl.contracts.jobs import ACTIVE, FINISHED, ChildFinished, JobStatus, LoopItems, StepReport
+from noetl.playbook.document import PlaybookError
 from noetl.playbook.steps import CONTROL_TYPES, Next, SaveStep, Step, StepType
 from noetl.playbook.workflow import END
 from noetl.store import executions as store
@@ -468,11 +469,25 @@ configure = engine.configure
 async def start(started: list[tuple[ExecutionState, dict[str, Any], NewEvent]]) -> None:
     """Walk new executions from their first step; each comes as (execution, playbook document,
     its first event)."""
+    batch = Batch.current()
     for execution, document, first in started:
-        Batch.current().events.append(first)
-        broker = await Broker.of(execution, document)
+        batch.events.append(first)
+        try:
+            broker = await Broker.of(execution, document)
+        except PlaybookError as exc:  # registered before the checks of today, say
+            await _cannot_run(execution, first, f"the playbook cannot run: {exc}")
+            continue
         broker.knows(first.payload["context"]["workload"], {})
         await broker.begin(first)
+
+
+async def _cannot_run(execution: ExecutionState, first: NewEvent, error: str) -> None:
+    batch = Batch.current()
+    if await store.finish(batch.conn, execution.execution_id, status=ExecutionStatus.FAILED, error=error):
+        ref = Ref(execution.execution_id, execution.path, execution.version, execution.parent_execution_id)
+        batch.events.append(
+            execution_event(ref, "execution_failed", EventStatus.FAILED, error=error, parent=first)
+        )
 
 
 async def apply_reports(reports: list[StepReport]) -> list[str]:

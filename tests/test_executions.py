@@ -23,6 +23,7 @@ from helpers_execution import (
     register,
     run,
 )
+from psycopg.types.json import Jsonb
 
 RUN = "/api/executions/run"
 RUN_PATHS = [RUN, "/api/execute"]
@@ -703,3 +704,19 @@ async def test_list_filters_order_limit_offset(xstack: Stack, hello: list[dict])
 async def test_list_bad_paging_is_422(xstack: Stack, params: dict) -> None:
     response = await xstack.client.get("/api/executions", params=params)
     assert response.status_code == 422
+
+
+async def test_a_stored_playbook_that_cannot_run_fails_its_execution(xstack: Stack, db: Db) -> None:
+    """An entry that today's checks would refuse (stored before them, say) fails each run that
+    asks for it, with the reason; the command is not retried into a dead letter."""
+    await db.execute(
+        "INSERT INTO catalog (path, version, kind, content, payload)"
+        " VALUES ('old/one', 1, 'Playbook', '', %s)",
+        Jsonb({"workflow": [{"step": "start", "type": "cobol"}]}),
+    )
+    started = await run(xstack.client, path="old/one")
+    got = await detail(xstack, started["execution_id"])
+    assert got["status"] == "failed"
+    assert "cannot run" in got["error"] and "unknown type 'cobol'" in got["error"], got["error"]
+    assert [e["event_type"] for e in got["events"]] == ["execution_start", "execution_failed"]
+    assert await db.value("SELECT count(*) FROM dead_letters") == 0
