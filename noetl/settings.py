@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOETL_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # Replicas of every stream and durable consumer: 3 on a three-node NATS cluster.
+    stream_replicas: int = Field(1, ge=1, le=5)
     pg_dsn: str | None = None
     # Comma-separated Fernet keys (`noetl.crypto`): the first seals credentials, all open them.
     credentials_key: SecretStr | None = None
