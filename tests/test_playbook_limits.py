@@ -98,7 +98,7 @@ def heaviest() -> str:
         "workflow:",
     ]
     text += [
-        f"  - {{step: s{i}, type: python, code: \"def main(**k):\\n    return 1\\n\", data: *data}}"
+        f'  - {{step: s{i}, type: python, code: "def main(**k):\\n    return 1\\n", data: *data}}'
         for i in range(4_990)
     ]
     return "\n".join(text) + "\n"
