@@ -495,10 +495,14 @@ async def apply_reports(reports: list[StepReport]) -> list[str]:
     conn = Batch.current().conn
     executions = await job_store.lock_executions(conn, [int(r.execution_id) for r in reports])
     jobs = await job_store.lock_jobs(conn, [int(r.job_id) for r in reports])
-    # The contexts the completions will need, read together.
-    completing = [
-        e for e in executions if any(r.kind == "completed" and int(r.execution_id) == e for r in reports)
-    ]
+    # The contexts the completions will need, read together (a loop item's completion needs none:
+    # the loop reads its context once, when its last item ends).
+    needing = {
+        int(r.execution_id)
+        for r in reports
+        if r.kind == "completed" and (job := jobs.get(int(r.job_id))) and job.loop_job_id is None
+    }
+    completing = [e for e in executions if e in needing]
     for execution_id, (workload, results) in (await job_store.contexts(conn, completing)).items():
         (await Broker.of(executions[execution_id])).knows(workload, results)
     outcomes = []
