@@ -4,7 +4,11 @@ Delivery is at least once; the effect is exactly once. Messages are acked only a
 and a command's outcome is recorded in the same transaction as its effect, so a redelivered
 command is answered from the record instead of being applied again. A batch that fails is retried
 one message at a time, so one poison message cannot hold back the rest; a message that cannot be
-decoded, or still fails on its last delivery, becomes a dead letter and the consumer carries on.
+decoded, that fails for a reason another delivery would meet again, or that still fails on its last
+delivery, becomes a dead letter, its request gets its outcome, and the consumer carries on.
+
+A command arrives from the bus as it would from the facade's door: its payload must be JSON the
+store can hold (`check_json`, the same limits), its type the one its subject names.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import psycopg
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, ValidationError
 
 from noetl.bus import subjects
@@ -35,6 +40,7 @@ from noetl.bus.envelope import (
 )
 from noetl.bus.pull import Puller
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
+from noetl.contracts.fields import Unstorable, check_json
 from noetl.settings import Settings
 from noetl.store import commands as command_store
 from noetl.store.outbox import NewEvent, add_events, batched
@@ -43,6 +49,17 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 1.0
 RETRY_DELAY = 1.0
+
+# Failures another delivery may not meet: the store or the bus away, a lock or serialisation
+# conflict, a race on a unique key. Anything else would fail the same way every time.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.IntegrityError,
+    PoolTimeout,
+    TimeoutError,
+    OSError,
+)
 
 
 @dataclass(slots=True)
@@ -53,26 +70,45 @@ class Delivery:
     max_deliver: int
     command: Command | None = None
     error: str | None = None
+    refusal: Outcome | None = None  # a command the door would have refused: its outcome
 
     def header(self, name: str) -> str | None:
         return (self.msg.headers or {}).get(name)
 
     @property
     def reply_to(self) -> str | None:
-        return self.header(REPLY_TO_HEADER)
+        """Where the sender waits: only ever a reply subject (never one a stream captures)."""
+        subject = self.header(REPLY_TO_HEADER)
+        return subject if subjects.is_reply(subject) else None
 
     @property
     def last_attempt(self) -> bool:
         return self.msg.metadata.num_delivered >= self.max_deliver
 
 
-def decode(msg: Msg, max_deliver: int) -> Delivery:
+def decode(msg: Msg, max_deliver: int, max_depth: int) -> Delivery:
     delivery = Delivery(msg, max_deliver)
     try:
-        delivery.command = Command.model_validate_json(msg.data)
+        command = delivery.command = Command.model_validate_json(msg.data)
     except ValidationError as exc:
         delivery.error = f"undecodable command envelope: {exc.errors(include_url=False)}"
+        return delivery
+    if command.type != subjects.command_type(msg.subject):
+        delivery.refusal = Outcome.failed(
+            command.id, "bad_request", f"a {command.type!r} command on the subject of {msg.subject!r}"
+        )
+        return delivery
+    try:
+        check_json(command.payload, max_depth)
+    except Unstorable as exc:
+        delivery.refusal = refused(command.id, exc)
     return delivery
+
+
+def refused(request_id: str, exc: Unstorable) -> Outcome:
+    """The outcome of a payload the store cannot hold: a 422 shaped as FastAPI shapes one."""
+    error = {"type": "value_error", "loc": ["body"], "msg": str(exc), "input": None}
+    return Outcome.failed(request_id, "invalid", [error])
 
 
 async def dead_letter(
@@ -84,8 +120,10 @@ async def dead_letter(
     data: bytes,
     headers: dict[str, str] | None = None,
     deliveries: int | None = None,
+    announce: bool = True,
 ) -> int:
-    """Keep a message that cannot be applied, with its original bytes, and announce it."""
+    """Keep a message that cannot be applied, with its original bytes, and announce it (unless
+    told not to: the announcement of a dead letter must not make another one)."""
     reason = reason[:4000]
     letter_id = await command_store.dead_letter(
         conn,
@@ -96,6 +134,9 @@ async def dead_letter(
         data=data,
         deliveries=deliveries,
     )
+    if not announce:
+        log.warning("%s: dead letter %s from %s: %s", consumer, letter_id, subject, reason)
+        return letter_id
     await add_events(
         conn,
         [
@@ -192,7 +233,7 @@ class BatchConsumer(ABC):
         outcomes (`OUTCOMES`). A facade waits on one subject for many commands at once."""
         by_subject: dict[str, list[Outcome]] = {}
         for subject, outcome in answers:
-            if subject:
+            if subjects.is_reply(subject):
                 by_subject.setdefault(subject, []).append(outcome)
         for subject, outcomes in by_subject.items():
             await self.bus.nc.publish(subject, OUTCOMES.dump_json(outcomes))
@@ -238,8 +279,10 @@ class CommandConsumer(BatchConsumer):
         batch_size: int,
         max_deliver: int,
         ack_wait: float,
+        max_json_depth: int,
     ) -> None:
         super().__init__(bus, pool, batch_size=batch_size)
+        self.max_json_depth = max_json_depth
         self.durable = durable
         self.filter_subject = filter_subject
         self.apply = apply
@@ -252,7 +295,7 @@ class CommandConsumer(BatchConsumer):
         )
 
     async def handle(self, msgs: list[Msg]) -> None:
-        deliveries = [decode(m, self.max_deliver) for m in msgs]
+        deliveries = [decode(m, self.max_deliver, self.max_json_depth) for m in msgs]
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 outcomes = await self._apply_batch(conn, deliveries)
@@ -276,14 +319,30 @@ class CommandConsumer(BatchConsumer):
         await self._finish([delivery], outcomes)
 
     async def _failed_alone(self, delivery: Delivery, exc: Exception) -> None:
-        if not delivery.last_attempt:
+        """A command that failed on its own: delivered again while another delivery may succeed,
+        else a dead letter whose request ends with the failure (recorded, so that
+        `GET /api/requests/{id}` and a redelivery both answer it)."""
+        transient = isinstance(exc, TRANSIENT)
+        if transient and not delivery.last_attempt:
             log.warning("%s: %s failed (%r); redelivering", self.durable, delivery.msg.subject, exc)
             await delivery.msg.nak(delay=RETRY_DELAY)
             return
+        reason = f"failed on last delivery: {exc!r}" if transient else f"failed: {exc!r}"
+        command = delivery.command
+        failed = None
+        if command is not None:
+            failed = (
+                Outcome.failed(command.id, "unavailable", "the command could not be applied")
+                if transient
+                else Outcome.failed(command.id, "bad_request", f"the command could not be applied: {exc}")
+            )
         async with self.pool.connection() as conn, conn.transaction():
-            await record_dead_letter(conn, self.durable, delivery, f"failed on last delivery: {exc!r}")
-        if delivery.command is not None:
-            failed = Outcome.failed(delivery.command.id, "unavailable", "the command could not be applied")
+            await record_dead_letter(conn, self.durable, delivery, reason)
+            if command is not None and failed is not None:
+                await command_store.record(
+                    conn, [(command.id, command.type, command.fingerprint, failed.model_dump(mode="json"))]
+                )
+        if failed is not None:
             await self.reply([(delivery.reply_to, failed)])
         await delivery.msg.ack()
 
@@ -297,13 +356,17 @@ class CommandConsumer(BatchConsumer):
         outcomes: list[Outcome | None] = [None] * len(deliveries)
         known = await command_store.stored(conn, [d.command.id for d in deliveries if d.command is not None])
         fresh: dict[str, Command] = {}
+        applied: dict[str, Outcome] = {}
         for delivery in deliveries:
             command = delivery.command
             if command is None:
                 await record_dead_letter(conn, self.durable, delivery, delivery.error or "")
             elif command.id not in known and command.id not in fresh:
                 fresh[command.id] = command
-        applied = dict(zip(fresh, await self.apply(conn, list(fresh.values())), strict=True))
+                if delivery.refusal is not None:
+                    applied[command.id] = delivery.refusal
+        to_apply = [c for rid, c in fresh.items() if rid not in applied]
+        applied |= dict(zip((c.id for c in to_apply), await self.apply(conn, to_apply), strict=True))
         await command_store.record(
             conn,
             [
@@ -383,4 +446,5 @@ class Domain:
             batch_size=settings.consumer_batch_size,
             max_deliver=settings.consumer_max_deliver,
             ack_wait=settings.consumer_ack_wait,
+            max_json_depth=settings.limit_json_depth,
         )

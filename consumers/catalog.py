@@ -9,15 +9,15 @@ from pydantic import ValidationError
 
 from consumers import offload
 from consumers.base import Domain, by_type
-from consumers.queries import NotFound
+from consumers.queries import NotFound, Result, json_list
 from noetl.bus import subjects
 from noetl.bus.envelope import Command, Outcome, invalid
 from noetl.contracts.catalog import (
     MAX_PATH_LENGTH,
     CatalogCommand,
-    CatalogEntry,
-    CatalogList,
+    CatalogEntryHead,
     CatalogLookup,
+    CatalogQuery,
     CatalogRegistered,
     PlaybookCheck,
 )
@@ -131,18 +131,31 @@ async def register(conn: AsyncConnection, commands: list[Command]) -> list[Outco
 apply_commands = by_type({subjects.command_type(subjects.CATALOG_REGISTER): register})
 
 
-async def list_entries(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
-    rows = await store.entries(conn, payload.get("resource_type") or None)
-    return CatalogList(entries=[CatalogEntry.model_validate(r) for r in rows]).model_dump(mode="json")
+def entry_json(entry: store.StoredEntry) -> bytes:
+    """`CatalogEntry` as JSON, its documents spliced in as the store keeps them: a playbook
+    nested deeper than any serializer goes is still read back, by every client."""
+    head = CatalogEntryHead.model_validate(entry, from_attributes=True).model_dump_json().encode()
+    meta = entry.meta.encode() if entry.meta is not None else b"null"
+    return head[:-1] + b',"payload":' + entry.payload.encode() + b',"meta":' + meta + b"}"
 
 
-async def get_entry(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+def _entries_json(entries: list[store.StoredEntry]) -> bytes:
+    return b",".join(entry_json(e) for e in entries)
+
+
+async def list_entries(conn: AsyncConnection, payload: dict[str, Any]) -> Result:
+    """`CatalogList`, newest first, written a page at a time."""
+    query = CatalogQuery.model_validate({**payload, "resource_type": payload.get("resource_type") or None})
+    return json_list("entries", store.entries(conn, query), _entries_json, lambda _: {})
+
+
+async def get_entry(conn: AsyncConnection, payload: dict[str, Any]) -> Result:
     lookup = CatalogLookup.model_validate(payload)
-    row = await store.by_path(conn, lookup.path, lookup.version)
-    if row is None:
+    entry = await store.stored_by_path(conn, lookup.path, lookup.version)
+    if entry is None:
         version = lookup.version if lookup.version is not None else "latest"
         raise NotFound(f"catalog entry not found: path {lookup.path!r}, version {version}")
-    return CatalogEntry.model_validate(row).model_dump(mode="json")
+    return entry_json(entry)
 
 
 async def validate(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,13 +11,15 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from consumers.base import RETRY_DELAY, BatchConsumer, Delivery, Domain, by_type, many, record_dead_letter
+from consumers.queries import Result, json_list, members
 from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.bus.envelope import Command, Outcome
 from noetl.bus.streams import heartbeat_consumer
+from noetl.contracts.fields import check_json
 from noetl.contracts.runtime import (
     ComponentInfo,
     ComponentQuery,
@@ -25,7 +27,6 @@ from noetl.contracts.runtime import (
     Heartbeat,
     HeartbeatCommand,
     HeartbeatResponse,
-    ListResponse,
     MissingUri,
     RegistrationResponse,
     RuntimeRegistration,
@@ -99,7 +100,9 @@ apply_commands = by_type(
 
 
 class HeartbeatConsumer(BatchConsumer):
-    """Beats collapse to one update per component per batch, and are acked once per batch.
+    """Beats collapse to one update per component per batch, and are acked once per batch. A beat
+    is taken only on its component's own subject: what a publisher may send there is all it can
+    touch.
 
     A batch is decoded while the one before it is still in the database, so the consumer's CPU
     and the database work at the same time; batches are still acked in order.
@@ -130,11 +133,19 @@ class HeartbeatConsumer(BatchConsumer):
             delivery = Delivery(msg, max_deliver=1)
             try:
                 command = HeartbeatCommand.model_validate_json(msg.data)
-            except ValidationError as exc:
-                bad.append((delivery, f"invalid heartbeat: {exc.errors(include_url=False)}"))
+                if command.payload.registration is not None:
+                    check_json(command.payload.registration, self.settings.limit_json_depth)
+            except ValueError as exc:  # pydantic's ValidationError, or what `check_json` refuses
+                reason = exc.errors(include_url=False) if isinstance(exc, ValidationError) else exc
+                bad.append((delivery, f"invalid heartbeat: {reason}"))
+                continue
+            hb = command.payload
+            if msg.subject != subjects.heartbeat(hb.kind, hb.name):
+                # A beat counts for the component whose subject it came on, and for no other.
+                bad.append((delivery, f"a beat of {hb.kind} {hb.name!r} on the subject of another"))
                 continue
             delivery.command = command
-            beats.append((delivery, command.payload))
+            beats.append((delivery, hb))
         previous = self._applying
         self._applying = asyncio.ensure_future(self._apply(beats, bad, msgs[-1], previous))
         if previous is not None:  # shielded: a stop ends the batches in flight, it does not abandon them
@@ -231,12 +242,17 @@ class HeartbeatConsumer(BatchConsumer):
         return Outcome(request_id=command.id, result=response.as_body())
 
 
-async def list_components(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+COMPONENTS = TypeAdapter(list[ComponentInfo])
+
+
+async def list_components(conn: AsyncConnection, payload: dict[str, Any]) -> Result:
+    """`ListResponse`, written a page at a time: a registry of any size fits no one message."""
     query = ComponentQuery.model_validate(payload)
-    rows = await store.list_components(conn, query.kind, query.runtime, query.status)
-    items = [ComponentInfo.model_validate(row) for row in rows]
-    response = ListResponse(items=items, count=len(items), runtime=query.runtime, status=query.status)
-    return response.model_dump(mode="json")
+
+    def tail(count: int) -> dict[str, Any]:
+        return {"count": count, "runtime": query.runtime, "status": query.status, "error": None}
+
+    return json_list("items", store.list_components(conn, query), members(COMPONENTS), tail)
 
 
 QUERIES = {subjects.QUERY_RUNTIME_COMPONENTS: list_components}

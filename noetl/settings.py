@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     consumer_max_deliver: int = Field(5, ge=1)
     consumer_ack_wait: float = Field(30.0, gt=0)
 
+    # Limits: what one request, command or stored document may hold. The facade refuses more with
+    # a 4xx, and the consumers apply the same limits again to what arrives from the bus.
+    limit_json_depth: int = Field(32, ge=2, le=128)
     # What one playbook and one run may weigh (`noetl.playbook.document.Limits`, the engine).
     limit_playbook_steps: int = Field(5_000, ge=1)
     limit_playbook_values: int = Field(200_000, ge=1)

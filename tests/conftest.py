@@ -39,7 +39,13 @@ from noetl.facade.app import create_app
 from noetl.settings import Settings
 from noetl.store.migrate import migrate
 
-STREAMS = (subjects.COMMANDS_STREAM, subjects.HEARTBEATS_STREAM, subjects.EVENTS_STREAM, subjects.JOBS_STREAM)
+STREAMS = (
+    subjects.COMMANDS_STREAM,
+    subjects.HEARTBEATS_STREAM,
+    subjects.EVENTS_STREAM,
+    subjects.JOBS_STREAM,
+    subjects.ACCEPTED_STREAM,
+)
 TABLES = (
     "runtime_components",
     "processed_commands",

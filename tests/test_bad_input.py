@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Db, Stack, stream_events, wait_for
+from conftest import Db, Stack, StackFactory, stream_events, wait_for
 
 from noetl.bus import subjects
 
@@ -383,3 +383,165 @@ async def test_every_process_keeps_serving_after_bad_input(stack: Stack, db: Db)
     await assert_still_serving(stack, db)
     beat = await stack.client.post("/api/worker/pool/heartbeat", json={"name": "still-serving"})
     assert beat.status_code == 200
+
+
+# ----------------------------------------------------------------- what JSON or the store cannot hold
+
+DEEP = 500
+
+
+def nested(depth: int, leaf: bytes = b"1") -> bytes:
+    return b'{"a":' * depth + leaf + b"}" * depth
+
+
+UNHOLDABLE = {
+    "nan": (REGISTER, b'{"name": "a", "capacity": NaN}'),
+    "infinity": (REGISTER, b'{"name": "a", "capacity": Infinity}'),
+    "minus-infinity": (REGISTER, b'{"name": "a", "meta": {"x": -Infinity}}'),
+    "1e400": (REGISTER, b'{"name": "a", "capacity": 1e400}'),
+    "1e400-in-meta": (REGISTER, b'{"name": "a", "meta": {"x": 1e400}}'),
+    "nan-in-labels": (REGISTER, b'{"name": "a", "labels": {"x": NaN}}'),
+    "huge-integer": (REGISTER, b'{"name": "a", "meta": {"x": ' + b"9" * 5000 + b"}}"),
+    "deep-meta": (REGISTER, b'{"name": "a", "meta": ' + nested(DEEP) + b"}"),
+    "deep-list": (REGISTER, b'{"name": "a", "meta": {"x": ' + b"[" * DEEP + b"]" * DEEP + b"}}"),
+    "lone-surrogate-name": (REGISTER, b'{"name": "a\\ud800"}'),
+    "lone-surrogate-meta": (REGISTER, b'{"name": "a", "meta": {"k": "\\udc00"}}'),
+    "lone-surrogate-key": (REGISTER, b'{"name": "a", "meta": {"\\udc00": 1}}'),
+    "surrogate-as-utf8": (REGISTER, b'{"name": "a", "meta": {"k": "\xed\xa0\x80"}}'),
+    "heartbeat-nan": ("/api/worker/pool/heartbeat", b'{"name": "a", "registration": {"x": NaN}}'),
+    "run-nan": ("/api/executions/run", b'{"path": "x", "parameters": {"a": NaN}}'),
+    "run-deep": ("/api/executions/run", b'{"path": "x", "parameters": ' + nested(DEEP) + b"}"),
+    "run-nul-path": ("/api/executions/run", b'{"path": "x\\u0000"}'),
+    "run-surrogate-path": ("/api/executions/run", b'{"path": "x\\ud800"}'),
+    "run-nul-parent": ("/api/executions/run", b'{"path": "x", "parent_step": "a\\u0000"}'),
+    "cancel-nul-reason": ("/api/executions/1/cancel", b'{"reason": "a\\u0000"}'),
+    "catalog-nul-type": ("/api/catalog/register", b'{"content": "a: 1", "resource_type": "P\\u0000"}'),
+    "catalog-surrogate": ("/api/catalog/register", b'{"content": "a: \\ud800"}'),
+}
+
+
+@pytest.mark.parametrize(("path", "raw"), UNHOLDABLE.values(), ids=UNHOLDABLE.keys())
+async def test_what_json_or_the_store_cannot_hold_is_422_at_the_door(
+    stack: Stack, db: Db, path: str, raw: bytes
+) -> None:
+    """Python's parser takes NaN, Infinity and 1e400 (as infinity), lone surrogates and any depth;
+    PostgreSQL and JSON text take none of them. Refused at the door, with FastAPI's 422 shape."""
+    response = await stack.client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["type"] == "json_invalid" and error["ctx"]["error"], error
+    await assert_nothing_applied(db)
+    await assert_still_serving(stack, db)
+
+
+async def test_depth_within_the_limit_is_fine(stack: Stack, db: Db) -> None:
+    depth = stack.settings.limit_json_depth - 2  # the body and `meta` are two levels already
+    body = b'{"name": "deep-enough", "meta": {"x": ' + nested(depth) + b"}}"
+    response = await stack.client.post(REGISTER, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    too_deep = b'{"name": "too-deep", "meta": {"x": ' + nested(depth + 1) + b"}}"
+    headers = {"Content-Type": "application/json"}
+    response = await stack.client.post(REGISTER, content=too_deep, headers=headers)
+    assert response.status_code == 422
+    assert f"deeper than {stack.settings.limit_json_depth}" in response.json()["detail"][0]["ctx"]["error"]
+
+
+async def test_the_depth_limit_is_a_setting(make_stack: StackFactory, db: Db) -> None:
+    stack = await make_stack(limit_json_depth=4)
+    four = {"name": "four-levels", "meta": {"a": {"b": {"c": 1}}}}
+    assert (await stack.client.post(REGISTER, json=four)).status_code == 200
+    five = {"name": "five-levels", "meta": {"a": {"b": {"c": [1]}}}}
+    assert (await stack.client.post(REGISTER, json=five)).status_code == 422
+
+
+async def test_escaped_text_that_is_fine_is_taken_verbatim(stack: Stack, db: Db) -> None:
+    """Escapes are not refused for being escapes: only NUL and lone surrogates are."""
+    raw = b'{"name": "esc-\\u00e9-\\ud83d\\ude80", "meta": {"path": "C:\\\\u0000dir", "tab": "\\t"}}'
+    response = await stack.client.post(REGISTER, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    row = await db.component("esc-é-🚀")
+    assert row["runtime"]["path"] == "C:\\u0000dir" and row["runtime"]["tab"] == "\t"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": ""},
+        {"name": "\t "},
+        {"name": "ok", "capacity": True},
+        {"name": "ok", "capacity": "8"},
+        {"name": "ok", "capacity": 8.0},
+        {"name": "ok", "pid": False},
+    ],
+    ids=repr,
+)
+async def test_what_the_document_refuses_is_refused(stack: Stack, db: Db, body: dict) -> None:
+    """The OpenAPI document says a name has at least one character that is not a space, and that
+    capacity and pid are JSON integers: so does the facade."""
+    response = await stack.client.post(REGISTER, json=body)
+    assert response.status_code == 422, response.text
+    await assert_nothing_applied(db)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/executions/run", {"catalog_id": "²"}),
+        ("/api/executions/run", {"catalog_id": "٣"}),
+        ("/api/executions/run", {"path": "x", "version": "²"}),
+        ("/api/executions/run", {"path": "x", "parent_execution_id": "x" * 2000}),
+    ],
+    ids=["superscript-id", "arabic-indic-id", "superscript-version", "overlong-id"],
+)
+async def test_ids_that_only_look_numeric_are_422(stack: Stack, path: str, body: dict) -> None:
+    """`str.isdigit` takes ``²`` and `int` does not: such an id once failed in the consumer five
+    times and became a dead letter."""
+    response = await stack.client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/executions?offset=9223372036854775808",
+        "/api/executions?offset=99999999999999999999",
+        "/api/executions?offset=-1",
+        "/api/executions?status=a%00b",
+        "/api/executions?path=a%00b",
+        "/api/worker/pools?limit=9223372036854775808",
+        "/api/worker/pools?offset=9223372036854775808",
+        "/api/worker/pools?limit=0",
+        "/api/catalog/list?resource_type=a%00",
+        "/api/catalog/list?offset=9223372036854775808",
+        "/api/catalog/playbooks/a%00b",
+        "/api/catalog/playbooks/x?version=%C2%B2",
+    ],
+)
+async def test_query_values_the_store_cannot_take_are_422_not_503(stack: Stack, query: str) -> None:
+    """A 503 invites a retry that can never succeed."""
+    response = await stack.client.get(query)
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/executions/%C2%B2",
+        "/api/executions/99999999999999999999",
+        "/api/executions/1%00",
+        "/api/executions/%C2%B2/events",
+        "/api/executions/%C2%B2/events/stream",
+    ],
+)
+async def test_an_execution_id_that_cannot_exist_is_404(stack: Stack, path: str) -> None:
+    response = await stack.client.get(path)
+    assert response.status_code == 404, response.text
+    assert "execution not found" in response.json()["detail"]
+
+
+async def test_cancelling_an_execution_that_cannot_exist_is_404(stack: Stack, db: Db) -> None:
+    response = await stack.client.post("/api/executions/%C2%B2/cancel")
+    assert response.status_code == 404
+    assert await db.value("SELECT count(*) FROM dead_letters") == 0

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 import pytest
 from conftest import Db, Stack, stream_events, wait_for
+from nats.js.errors import NoStreamResponseError
 
 from noetl.bus import subjects
 from noetl.bus.envelope import MSG_ID_HEADER, OUTCOMES, REPLY_TO_HEADER, Command, Outcome
@@ -80,14 +81,30 @@ def test_subjects_keep_their_shape(name: str) -> None:
 
 def test_every_stream_subject_is_owned_by_one_stream() -> None:
     owned = [s for config in STREAMS for s in config.subjects]
-    assert (
-        subjects.COMMANDS_ALL in owned and subjects.EVENTS_ALL in owned and subjects.HEARTBEATS_ALL in owned
-    )
+    assert set(subjects.COMMAND_SUBJECTS) <= set(owned)
+    assert subjects.EVENTS_ALL in owned and subjects.heartbeats_of("worker_pool") in owned
     assert len(owned) == len(set(owned))
     for name in NAMES:
         assert subjects.heartbeat("worker_pool", name).startswith("noetl.hb.")
         assert subjects.runtime_event("worker_pool", name, "online").startswith("noetl.evt.")
         assert not subjects.reply(name).startswith(("noetl.cmd.", "noetl.hb.", "noetl.evt."))
+
+
+def test_streams_take_only_what_a_consumer_reads() -> None:
+    """Exact command subjects, no wildcard that would catch a subject no consumer applies."""
+    [commands] = [c for c in STREAMS if c.name == subjects.COMMANDS_STREAM]
+    assert commands.subjects == list(subjects.COMMAND_SUBJECTS)
+    assert all(subjects.publishable(s) for s in commands.subjects)
+    [beats] = [c for c in STREAMS if c.name == subjects.HEARTBEATS_STREAM]
+    assert all(s.count(".") == 3 and s.endswith(".*") for s in beats.subjects)
+
+
+@pytest.mark.parametrize("value", ["", "/", " "])
+def test_no_token_is_empty(value: str) -> None:
+    """An empty name once made `noetl.evt.catalog..registered`, which no stream takes."""
+    assert subjects.token(value)
+    assert subjects.publishable(subjects.catalog_event(value.strip().strip("/"), "registered"))
+    assert subjects.token("") != subjects.token("%")
 
 
 async def test_a_wildcard_subscriber_gets_exactly_its_component(stack: Stack, nc) -> None:
@@ -196,9 +213,18 @@ async def test_garbage_command_becomes_a_dead_letter(stack: Stack, db: Db, nc, d
                 }
             ).encode(),
         ),
-        ("noetl.hb.garbage", b"{}"),
+        (
+            subjects.heartbeat("worker_pool", "x"),
+            json.dumps(
+                {
+                    "id": "hb3",
+                    "type": "runtime.heartbeat",
+                    "payload": {"name": "someone-else", "sent_at": "2024-01-01T00:00:00Z"},
+                }
+            ).encode(),
+        ),
     ],
-    ids=["binary", "empty-payload", "invalid-heartbeat", "odd-subject"],
+    ids=["binary", "empty-payload", "invalid-heartbeat", "another-components-beat"],
 )
 async def test_garbage_heartbeat_becomes_a_dead_letter(
     stack: Stack, db: Db, nc, subject: str, data: bytes
@@ -306,10 +332,28 @@ async def test_well_formed_envelope_with_invalid_payload_is_answered_not_applied
     assert answer.json()["status_code"] == 400
 
 
-async def test_unknown_command_type_is_answered(stack: Stack, db: Db, nc) -> None:
-    command = Command(id=uuid.uuid4().hex, type="runtime.explode", payload={"name": "x"})
-    outcome = await _outcome(nc, "noetl.cmd.runtime.explode", command)
-    assert outcome.error is not None and outcome.error.code == "bad_request"
+@pytest.mark.parametrize(
+    "subject",
+    ["noetl.cmd.runtime.explode", "noetl.cmd.nothing", "noetl.hb.garbage", "noetl.hb.x.y.z", "noetl.job.a.b"],
+)
+async def test_a_subject_no_consumer_reads_is_refused_by_the_streams(
+    stack: Stack, db: Db, nc, subject
+) -> None:
+    """It would wait in a work queue that nobody empties: the publisher hears at once."""
+    with pytest.raises(NoStreamResponseError):
+        await nc.jetstream().publish(subject, b"{}", headers={MSG_ID_HEADER: uuid.uuid4().hex})
+    response = await stack.client.post("/api/worker/pool/register", json={"name": "after-unknown"})
+    assert response.status_code == 200
+
+
+async def test_a_command_whose_type_is_not_its_subjects_is_refused(stack: Stack, db: Db, nc) -> None:
+    """On the subject of one command, only that command: the type and the subject must agree."""
+    for kind in ("runtime.explode", "runtime.deregister", "execution.run"):
+        command = Command(id=uuid.uuid4().hex, type=kind, payload={"name": "x"})
+        outcome = await _outcome(nc, subjects.RUNTIME_REGISTER, command)
+        assert outcome.error is not None and outcome.error.code == "bad_request", outcome
+        answer = await stack.client.get(f"/api/requests/{command.id}")
+        assert answer.json()["status_code"] == 400
     assert await db.value("SELECT count(*) FROM runtime_components") == 0
     response = await stack.client.post("/api/worker/pool/register", json={"name": "after-unknown"})
     assert response.status_code == 200

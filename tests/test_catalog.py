@@ -129,8 +129,21 @@ async def test_other_resource_type(xstack: Stack) -> None:
         {"content": 5},
         {"content": ["a"]},
         {"content": playbook(), "resource_type": ""},
+        {"content": "x\x00y"},
+        {"content": playbook(), "resource_type": "Play\x00book"},
     ],
-    ids=["empty", "empty-content", "empty-b64", "nulls", "no-content", "number", "list", "empty-type"],
+    ids=[
+        "empty",
+        "empty-content",
+        "empty-b64",
+        "nulls",
+        "no-content",
+        "number",
+        "list",
+        "empty-type",
+        "nul-content",
+        "nul-type",
+    ],
 )
 async def test_missing_or_wrong_content_is_422(xstack: Stack, db: Db, body: dict) -> None:
     response = await xstack.client.post("/api/catalog/register", json=body)
@@ -160,7 +173,7 @@ async def test_missing_or_wrong_content_is_422(xstack: Stack, db: Db, body: dict
         ),
         ({"content": "kind: Playbook\nmetadata: {}\nworkflow: [{step: start}]\n"}, "path"),
         ({"content": "kind: Playbook\nmetadata: {path: '  '}\nworkflow: [{step: start}]\n"}, "path"),
-        ({"content": "x\x00y"}, "NUL"),
+        ({"content_base64": b64("x\x00y")}, "NUL"),  # as JSON text, NUL is refused at the door (422)
         (
             {"content": "kind: Playbook\nmetadata: {path: x}\nworkflow: [{step: start, next: [nowhere]}]\n"},
             "nowhere",

@@ -120,7 +120,7 @@ async def test_a_stale_beat_does_not_bring_a_component_back(make_stack: StackFac
     stack = await make_stack(runtime_offline_seconds=OFFLINE_AFTER, runtime_sweep_interval=0.1)
     await stack.client.post("/api/worker/pool/register", json={"name": "stale-worker"})
     await wait_for(lambda: _is(db, "stale-worker", "offline"), what="stale-worker offline")
-    reply = "test.stale-beat.reply"
+    reply = nc.new_inbox()
     answers = await nc.subscribe(reply)
     stale = Heartbeat(kind="worker_pool", name="stale-worker", sent_at=utcnow() - timedelta(seconds=30))
     command = Command(id="hb-stale-1", type=subjects.HEARTBEAT_TYPE, payload=stale.model_dump(mode="json"))
@@ -293,7 +293,7 @@ async def test_beats_waiting_together_each_get_their_due(stack: Stack, db: Db, n
         "queued-away": now.isoformat(),
         "queued-stranger": now.isoformat(),
     }
-    reply = "test.queued-beats.reply"
+    reply = nc.new_inbox()
     answers = await nc.subscribe(reply)
     unknown = await nc.subscribe(subjects.heartbeat_unknown("worker_pool", "queued-stranger"))
     for i, (name, sent_at) in enumerate(sent.items()):

@@ -718,10 +718,31 @@ async def test_request_outcome_endpoint(stack: Stack) -> None:
         "response": response.json(),
     }
 
-    pending = await stack.client.get("/api/requests/0123456789abcdef")
+    unknown = await stack.client.get("/api/requests/0123456789abcdef")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "no request '0123456789abcdef' was ever accepted"}
+
+
+async def test_an_accepted_request_is_pending_until_applied(make_stack: StackFactory) -> None:
+    """202 names a request the facade has noted: pending while no consumer has applied it (or
+    while none is up to say), then its outcome."""
+    stack = await make_stack(consumers=False, api_reply_timeout=0.3)
+    response = await stack.client.post("/api/worker/pool/register", json={"name": "pool-late"})
+    assert response.status_code == 202
+    location = response.headers["Location"]
+    pending = await stack.client.get(location)
     assert pending.status_code == 202
-    assert pending.json() == {"request_id": "0123456789abcdef", "state": "pending"}
+    request_id = response.json()["request_id"]
+    assert pending.json() == {"request_id": request_id, "state": "pending"}
     assert int(pending.headers["Retry-After"]) >= 1
+    await stack.start_consumers()
+
+    async def done():
+        answer = await stack.client.get(location)
+        return answer.json() if answer.status_code == 200 else None
+
+    body = await wait_for(done, what="the late registration's outcome")
+    assert body["status_code"] == 200 and body["response"]["name"] == "pool-late"
 
 
 async def test_many_concurrent_registrations(stack: Stack, db: Db) -> None:

@@ -12,6 +12,11 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
+# A query's result travels as its JSON text, in as many messages as it takes (`max_payload` bounds
+# one): each part says its place, and the last one says it ends the answer. A refusal is one
+# message without these headers: the `Outcome` with its error.
+PART_HEADER = "Noetl-Part"
+END_HEADER = "Noetl-End"
 
 ErrorCode = Literal["bad_request", "invalid", "forbidden", "not_found", "unknown", "conflict", "unavailable"]
 

@@ -2,7 +2,8 @@
 
 nats.py's `publish_async` spends, per message, a random token (a system call), a semaphore, a
 done-callback and a parsed `PubAck`. The outbox relay publishes every event, so here the acks come
-back on one wildcard inbox and each is only read for an error.
+back on one wildcard inbox and each is only read for an error. The caller hears what became of
+each message, so one refusal does not make it publish the others again.
 """
 
 from __future__ import annotations
@@ -40,27 +41,32 @@ class AckedPublisher:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    async def publish_all(self, messages: list[Message], timeout: float) -> None:
-        """Publish (subject, data, headers) messages in order and return once JetStream has stored
-        every one. Raises the first refusal, or TimeoutError when an ack is missing."""
+    async def publish_each(self, messages: list[Message], timeout: float) -> list[BaseException | None]:
+        """Publish (subject, data, headers) messages in order and say what became of each: None
+        once JetStream has stored it, else why not (the refusal, `TimeoutError` when its ack did
+        not come within `timeout`, or the error that stopped the publishing)."""
         loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
         tokens = []
         try:
             for subject, data, headers in messages:
                 token = str(next(self._tokens))
+                future = loop.create_future()
+                self._pending[token] = future
                 tokens.append(token)
-                self._pending[token] = loop.create_future()
-                await self.nc.publish(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
-            async with asyncio.timeout(timeout):
-                for token in tokens:
-                    await self._pending[token]
+                futures.append(future)
+                try:
+                    await self.nc.publish(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
+                except NatsError as exc:  # too large, or the connection is gone
+                    future.set_exception(exc)
+            if futures:
+                await asyncio.wait(futures, timeout=timeout)
+            return [_fate(future) for future in futures]
         finally:
             for token in tokens:
                 future = self._pending.pop(token)
                 if not future.done():
                     future.cancel()
-                elif not future.cancelled():
-                    future.exception()  # seen: a refusal after the first raised is not "never retrieved"
 
     async def _on_ack(self, msg: Msg) -> None:
         future = self._pending.get(msg.subject.rpartition(".")[2])
@@ -82,3 +88,9 @@ class AckedPublisher:
             )
         else:
             future.set_result(None)
+
+
+def _fate(future: asyncio.Future[None]) -> BaseException | None:
+    if not future.done():
+        return TimeoutError("no ack from JetStream in time")
+    return future.exception()

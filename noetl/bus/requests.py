@@ -1,16 +1,21 @@
-"""Publish a command durably and wait for its outcome; ask a query and wait for the answer.
+"""Publish a command durably and wait for its outcome; ask a query and read its answer.
 
 The requester listens on one reply subject per process, subscribed before anything is published,
 and names it in a header: JetStream does not keep a message's reply subject, and a core request to
 a stream's subject would be answered by the stream's publish ack instead of the consumer. A reply
 message holds the outcomes of a consumer batch, each with its request id.
+
+A query's answer comes on a subject of its own under the requester's (one wildcard subscription
+for all of them), in as many parts as its size takes: no answer is too large for the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -18,13 +23,15 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
 from noetl.bus.envelope import (
+    END_HEADER,
     MSG_ID_HEADER,
     OUTCOMES,
+    PART_HEADER,
     REPLY_TO_HEADER,
     Command,
     Outcome,
@@ -39,8 +46,70 @@ PUBLISH_ACK_TIMEOUT = 2.0
 OUTCOME_POLL_INTERVAL = 0.1
 
 
+NO_RESPONDERS = "503"
+
+
 class QueryUnanswered(RuntimeError):
-    """Nobody answered a query: no consumer is serving it now."""
+    """Nobody answered a query (no consumer is serving it now), or the answer broke off."""
+
+
+class Answer:
+    """A query's answer as it arrives: `error`, a refusal, or the result's JSON text in parts."""
+
+    def __init__(self, subject: str, inbox: asyncio.Queue[Msg], timeout: float, close: Any) -> None:
+        self.subject = subject
+        self.error: Outcome | None = None
+        self.complete = False
+        self._inbox = inbox
+        self._timeout = timeout
+        self._close = close
+        self._next_part = 0
+        self._first: Msg | None = None
+
+    async def _next(self) -> Msg:
+        try:
+            return await asyncio.wait_for(self._inbox.get(), self._timeout)
+        except TimeoutError as exc:
+            self.close()
+            raise QueryUnanswered(f"no answer on {self.subject} in {self._timeout}s") from exc
+
+    async def start(self) -> None:
+        """Wait for the first message: a refusal, or the first part of the result."""
+        msg = await self._next()
+        headers = msg.headers or {}
+        if headers.get("Status") == NO_RESPONDERS and not msg.data:
+            self.close()
+            raise QueryUnanswered(f"no consumer serves {self.subject}")
+        if PART_HEADER not in headers:
+            self.close()
+            self.error = Outcome.model_validate_json(msg.data)
+            return
+        self._first = msg  # the first part, read like the others (more may be queued behind it)
+
+    async def parts(self, up_to: int | None = None) -> AsyncIterator[bytes]:
+        """The result's parts in order, to the end or until `up_to` bytes came (then `parts` goes
+        on from there). Raises QueryUnanswered when one is missing."""
+        seen = 0
+        while not self.complete and (up_to is None or seen < up_to):
+            msg, self._first = self._first or await self._next(), None
+            headers = msg.headers or {}
+            if headers.get(PART_HEADER) != str(self._next_part):
+                self.close()
+                raise QueryUnanswered(f"the answer on {self.subject} lost part {self._next_part}")
+            self._next_part += 1
+            self.complete = END_HEADER in headers
+            if self.complete:
+                self.close()
+            seen += len(msg.data)
+            yield msg.data
+
+    async def result(self) -> Any:
+        """The whole result, parsed."""
+        return json.loads(b"".join([part async for part in self.parts()]))
+
+    def close(self) -> None:
+        """Stop listening for this answer (what still comes is dropped)."""
+        self._close()
 
 
 class Requester:
@@ -48,12 +117,21 @@ class Requester:
         self.bus = bus
         self.client_id = new_request_id()
         self.reply_to = subjects.reply(self.client_id)
+        self.answers_to = subjects.answers(self.client_id)
         # Several sends may share one request id (one Idempotency-Key, concurrent retries).
         self._waiting: dict[str, set[asyncio.Future[Outcome]]] = {}
+        self._asking: dict[str, asyncio.Queue[Msg]] = {}
+        self._queries = itertools.count()
 
     async def subscribe(self, bus: Bus) -> None:
-        """An on-connect hook: listen for replies before the first command goes out."""
+        """An on-connect hook: listen for replies and answers before the first command goes out."""
         await bus.nc.subscribe(self.reply_to, cb=self._on_reply)
+        await bus.nc.subscribe(f"{self.answers_to}.*", cb=self._on_answer)
+
+    async def _on_answer(self, msg: Msg) -> None:
+        inbox = self._asking.get(msg.subject.rpartition(".")[2])
+        if inbox is not None:
+            inbox.put_nowait(msg)
 
     async def _on_reply(self, msg: Msg) -> None:
         try:
@@ -134,6 +212,25 @@ class Requester:
             await asyncio.sleep(OUTCOME_POLL_INTERVAL)
         return None
 
+    async def note_accepted(self, request_id: str) -> None:
+        """Note a request answered 202, so that `GET /api/requests/{id}` can tell it from an id
+        never seen. Its command is stored already: failing to note it is only logged."""
+        try:
+            subject, headers = subjects.accepted(request_id), {MSG_ID_HEADER: request_id}
+            await self.bus.js.publish(subject, b"", timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
+        except (NatsError, APIError) as exc:
+            log.warning("requester: cannot note request %s as accepted: %r", request_id, exc)
+
+    async def was_accepted(self, request_id: str) -> bool:
+        """Whether a request with this id was answered 202 (within the commands' retention)."""
+        try:
+            await self.bus.js.get_last_msg(subjects.ACCEPTED_STREAM, subjects.accepted(request_id))
+        except NotFoundError:
+            return False
+        except (NatsError, APIError) as exc:
+            raise BusUnavailable(f"the bus cannot say whether {request_id} was accepted: {exc!r}") from exc
+        return True
+
     async def _stored(self, request_id: str, timeout: float) -> tuple[Outcome, str | None] | None:
         answer = await self.query(subjects.QUERY_REQUEST_OUTCOME, {"request_id": request_id}, timeout)
         result = answer.result or {}
@@ -144,13 +241,28 @@ class Requester:
         answer = await self._stored(request_id, timeout)
         return answer[0] if answer else None
 
-    async def query(self, subject: str, payload: dict[str, Any], timeout: float) -> Outcome:
-        """A read: core request/reply to whichever consumer serves `subject`."""
+    async def ask(self, subject: str, payload: dict[str, Any], timeout: float) -> Answer:
+        """A read: a request to whichever consumer serves `subject`; returns once its answer
+        begins (`timeout` bounds the wait for each of its messages)."""
         nc = self.bus.require()
+        token = str(next(self._queries))
+        inbox: asyncio.Queue[Msg] = asyncio.Queue()
+        self._asking[token] = inbox
+        answer = Answer(subject, inbox, timeout, lambda: self._asking.pop(token, None))
         try:
-            msg = await nc.request(subject, json.dumps(payload).encode(), timeout=timeout)
-        except NoRespondersError as exc:
-            raise QueryUnanswered(f"no consumer serves {subject}") from exc
-        except NatsTimeout as exc:
-            raise QueryUnanswered(f"no answer on {subject} in {timeout}s") from exc
-        return Outcome.model_validate_json(msg.data)
+            await nc.publish(subject, json.dumps(payload).encode(), reply=f"{self.answers_to}.{token}")
+            await answer.start()
+        except NatsError as exc:
+            answer.close()
+            raise BusUnavailable(f"the bus did not take the query: {exc!r}") from exc
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    async def query(self, subject: str, payload: dict[str, Any], timeout: float) -> Outcome:
+        """A read, its whole result parsed: for answers a process uses itself."""
+        answer = await self.ask(subject, payload, timeout)
+        if answer.error is not None:
+            return answer.error
+        return Outcome(request_id="", result=await answer.result())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -15,24 +17,28 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError
 
 from noetl.bus import subjects
+from noetl.contracts.runtime import ComponentKind
 
 DUPLICATE_WINDOW = 120.0
+KEPT = 7 * 24 * 3600.0  # how long a command may wait to be applied, and events stay for replay
 
 STREAMS: tuple[StreamConfig, ...] = (
-    # Commands are work: kept on disk until a consumer has applied and acked them.
+    # Commands are work: kept on disk until a consumer has applied and acked them. Only the
+    # subjects a consumer applies: a command on any other is refused when it is published.
     StreamConfig(
         name=subjects.COMMANDS_STREAM,
-        subjects=[subjects.COMMANDS_ALL],
+        subjects=list(subjects.COMMAND_SUBJECTS),
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW,
-        max_age=7 * 24 * 3600,
+        max_age=KEPT,
         discard=DiscardPolicy.NEW,
     ),
-    # Heartbeats are soft state: only a component's latest beat matters, and not for long.
+    # Heartbeats are soft state: only a component's latest beat matters, and not for long. One
+    # subject per component of a kind the registry knows.
     StreamConfig(
         name=subjects.HEARTBEATS_STREAM,
-        subjects=[subjects.HEARTBEATS_ALL],
+        subjects=[subjects.heartbeats_of(kind) for kind in get_args(ComponentKind)],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.MEMORY,
         max_msgs_per_subject=1,
@@ -46,7 +52,19 @@ STREAMS: tuple[StreamConfig, ...] = (
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW,
-        max_age=7 * 24 * 3600,
+        max_age=KEPT,
+    ),
+    # The requests answered 202: one small message per request id, for as long as its command may
+    # wait in the commands stream, so that an id never seen can be told from one still in flight.
+    StreamConfig(
+        name=subjects.ACCEPTED_STREAM,
+        subjects=[subjects.ACCEPTED_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        max_age=KEPT,
+        duplicate_window=DUPLICATE_WINDOW,
+        allow_direct=True,
     ),
     # Events are the product for subscribers: kept for replay.
     StreamConfig(
@@ -55,10 +73,15 @@ STREAMS: tuple[StreamConfig, ...] = (
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW,
-        max_age=7 * 24 * 3600,
+        max_age=KEPT,
         max_bytes=1 << 30,
     ),
 )
+
+
+def captured(subject: str) -> bool:
+    """Whether some stream takes a message published on `subject`."""
+    return any(subjects.matches(p, subject) for config in STREAMS for p in config.subjects or ())
 
 
 def command_consumer(

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from noetl.contracts.errors import BadRequest
-from noetl.contracts.fields import OutId
+from noetl.contracts.fields import Limit, Offset, OutId, Text
 
 MAX_PATH_LENGTH = 1024
+RESOURCE_TYPE_MAX_LENGTH = 64
 
 
 class InvalidContent(BadRequest):
@@ -26,7 +26,7 @@ class PlaybookText(BaseModel):
 
     content_base64: str | None = None
     content: str | None = None
-    resource_type: str = Field("Playbook", min_length=1, max_length=64)
+    resource_type: str = Field("Playbook", min_length=1, max_length=RESOURCE_TYPE_MAX_LENGTH)
 
     def text(self) -> str:
         """The YAML text, decoded from base64 if that is how it came."""
@@ -37,7 +37,7 @@ class PlaybookText(BaseModel):
         else:
             try:
                 text = base64.b64decode(self.content_base64 or "", validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError) as exc:
+            except ValueError as exc:  # not base64 (binascii.Error), not ASCII, or not UTF-8
                 raise InvalidContent(f"content_base64 is not base64 of UTF-8 text: {exc}") from exc
         if "\x00" in text:
             raise InvalidContent("the content must not contain the NUL character")
@@ -68,24 +68,36 @@ class CatalogRegistered(BaseModel):
     kind: str
 
 
-class CatalogEntry(BaseModel):
+class CatalogEntryHead(BaseModel):
+    """An entry without its documents: those go out as the store keeps their JSON text, which
+    no serializer has to walk, however deeply it nests."""
+
     catalog_id: OutId
     path: str
     version: int
     kind: str
     content: str
+    created_at: datetime
+
+
+class CatalogEntry(CatalogEntryHead):
     payload: dict[str, Any]
     meta: dict[str, Any] | None
-    created_at: datetime
 
 
 class CatalogList(BaseModel):
     entries: list[CatalogEntry]
 
 
+class CatalogQuery(BaseModel):
+    resource_type: Text | None = Field(None, max_length=RESOURCE_TYPE_MAX_LENGTH)
+    limit: Limit = None
+    offset: Offset = 0
+
+
 class CatalogLookup(BaseModel):
-    path: str = Field(min_length=1, max_length=MAX_PATH_LENGTH)
-    version: int | None = None
+    path: Text = Field(min_length=1, max_length=MAX_PATH_LENGTH)
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
 class PlaybookCheck(BaseModel):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from noetl.bus.envelope import Command
 from noetl.contracts.errors import BadRequest
-from noetl.contracts.fields import JsonObject, Name, OutId, StrippedStr, UtcDatetime
+from noetl.contracts.fields import JsonObject, Limit, Name, Offset, OutId, StrippedStr, Text, UtcDatetime
 
 ComponentKind = Literal["worker_pool", "broker", "server_api", "scheduler", "monitor"]
 KINDS_WITH_URI: frozenset[str] = frozenset({"server_api", "broker"})
@@ -30,9 +30,10 @@ class RuntimeRegistration(BaseModel):
     runtime: StrippedStr | None = None
     uri: StrippedStr | None = Field(None, alias="base_url")
     status: StrippedStr = Field(READY, max_length=64)
-    capacity: int | None = Field(None, ge=0, le=2**31 - 1)
+    # JSON integers only, as the document says: not `true`, not `"8"`, not `8.0`.
+    capacity: int | None = Field(None, ge=0, le=2**31 - 1, strict=True)
     labels: JsonObject | None = None
-    pid: int | None = Field(None, ge=0, le=2**31 - 1)
+    pid: int | None = Field(None, ge=0, le=2**31 - 1, strict=True)
     hostname: StrippedStr | None = None
     meta: JsonObject | None = None
 
@@ -60,8 +61,14 @@ class RuntimeRegistration(BaseModel):
         return self.model_dump(mode="json")
 
 
+def _ignored(kind: str) -> WithJsonSchema:
+    return WithJsonSchema({"description": f"ignored: the component is a {kind}"})
+
+
 class WorkerPoolRegistration(RuntimeRegistration):
     """The worker-pool variant: whatever `kind` says, it is a worker pool."""
+
+    kind: Annotated[ComponentKind, _ignored("worker_pool")] = Field("worker_pool", alias="component_type")
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -71,7 +78,7 @@ class WorkerPoolRegistration(RuntimeRegistration):
 
 class BrokerRegistration(RuntimeRegistration):
     # The default too: a field validator does not run on a default value.
-    kind: ComponentKind = Field("broker", alias="component_type")
+    kind: Annotated[ComponentKind, _ignored("broker")] = Field("broker", alias="component_type")
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -169,8 +176,10 @@ class ComponentInfo(BaseModel):
 
 class ComponentQuery(BaseModel):
     kind: ComponentKind = "worker_pool"
-    runtime: str | None = None
-    status: str | None = None
+    runtime: Text | None = None
+    status: Text | None = None
+    limit: Limit = None
+    offset: Offset = 0
 
 
 class ListResponse(BaseModel):

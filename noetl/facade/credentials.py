@@ -8,8 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
 from noetl.bus import subjects
 from noetl.contracts.credentials import (
@@ -21,12 +19,14 @@ from noetl.contracts.credentials import (
     CredentialRegistration,
     CredentialWithData,
 )
+from noetl.contracts.fields import NO_NUL_PATTERN
 from noetl.crypto import Cipher
 from noetl.facade.dispatch import Bus
-from noetl.facade.runtime import COMMAND_ERRORS
+from noetl.facade.limits import StrictJsonRoute
+from noetl.facade.responses import COMMAND, READ, Responses, not_found
 
 
-class SecretInput(APIRoute):
+class SecretInput(StrictJsonRoute):
     """A route whose 422s leave out what was sent: it may be a secret."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -44,17 +44,18 @@ class SecretInput(APIRoute):
 
 router = APIRouter(prefix="/api/credentials", tags=["credentials"], route_class=SecretInput)
 
-# Stored text cannot hold NUL: such a filter or name is refused here (422), not in the store.
-NO_NUL = r"^[^\x00]*$"
-Identifier = Annotated[str, Path(pattern=r"^[^\x00]+$", description="a credential's id, or its name")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Credential not found"}}
-NO_KEY: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The bus is unreachable, or NOETL_CREDENTIALS_KEY is not set"}
+# Stored text cannot hold NUL: such a name is refused here (422), not in the store.
+Identifier = Annotated[
+    str, Path(min_length=1, pattern=NO_NUL_PATTERN, description="a credential's id, or its name")
+]
+NOT_FOUND = not_found("Credential not found")
+NO_KEY: Responses = {
+    503: {**READ[503], "description": "The bus is unreachable, or NOETL_CREDENTIALS_KEY is not set"}
 }
 
 
-@router.post("", response_model=CredentialRecord, responses={**COMMAND_ERRORS, **NO_KEY})
-async def register_credential(body: CredentialRegistration, request: Request, bus: Bus) -> JSONResponse:
+@router.post("", response_model=CredentialRecord, responses={**COMMAND, **NO_KEY})
+async def register_credential(body: CredentialRegistration, request: Request, bus: Bus) -> Response:
     """Create or replace the credential of that name (its id stays); `data` is stored sealed."""
     cipher: Cipher = request.app.state.cipher
     command = body.sealed(cipher)
@@ -65,29 +66,31 @@ async def register_credential(body: CredentialRegistration, request: Request, bu
     )
 
 
-@router.get("", response_model=CredentialList)
+@router.get("", response_model=CredentialList, responses=READ)
 async def list_credentials(
     bus: Bus,
-    type_: Annotated[str | None, Query(alias="type", pattern=NO_NUL)] = None,
-    ctype: Annotated[str | None, Query(pattern=NO_NUL, description="the original's name for `type`")] = None,
-    q: Annotated[str | None, Query(pattern=NO_NUL, description="part of the name or description")] = None,
-) -> JSONResponse:
+    type_: Annotated[str | None, Query(alias="type", pattern=NO_NUL_PATTERN)] = None,
+    ctype: Annotated[
+        str | None, Query(pattern=NO_NUL_PATTERN, description="the original's name for `type`")
+    ] = None,
+    q: Annotated[
+        str | None, Query(pattern=NO_NUL_PATTERN, description="part of the name or description")
+    ] = None,
+) -> Response:
     return await bus.query(subjects.QUERY_CREDENTIALS_LIST, {"type": type_ or ctype, "q": q})
 
 
 @router.get(
     "/{identifier:path}",
     response_model=CredentialRecord | CredentialWithData,
-    responses={**NOT_FOUND, **NO_KEY},
+    responses={**READ, **NOT_FOUND, **NO_KEY},
 )
-async def get_credential(identifier: Identifier, bus: Bus, include_data: bool = False) -> JSONResponse:
+async def get_credential(identifier: Identifier, bus: Bus, include_data: bool = False) -> Response:
     """The credential's record; with `include_data=true`, its `data` too, opened."""
     read = CredentialRead.of(identifier, include_data=include_data)
     return await bus.query(subjects.QUERY_CREDENTIALS_GET, read.model_dump())
 
 
-@router.delete(
-    "/{identifier:path}", response_model=CredentialDeleted, responses={**COMMAND_ERRORS, **NOT_FOUND}
-)
-async def delete_credential(identifier: Identifier, bus: Bus) -> JSONResponse:
+@router.delete("/{identifier:path}", response_model=CredentialDeleted, responses={**COMMAND, **NOT_FOUND})
+async def delete_credential(identifier: Identifier, bus: Bus) -> Response:
     return await bus.command(subjects.CREDENTIALS_DELETE, CredentialRef.of(identifier).model_dump())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 
 from noetl.bus import subjects
@@ -16,14 +17,23 @@ from noetl.bus.envelope import (
     idempotent_request_id,
     new_request_id,
 )
-from noetl.bus.requests import Requester
+from noetl.bus.requests import Answer, Requester
+from noetl.contracts.fields import INT64_MAX, NO_NUL_PATTERN
 from noetl.facade.errors import outcome_response
 from noetl.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
+JSON = "application/json"
+STREAM_AFTER_BYTES = 4 * 1024 * 1024
 ACCEPTED_RETRY_AFTER = 1
 IDEMPOTENCY_KEY = "Idempotency-Key"
 _IDEMPOTENCY_KEY = TypeAdapter(Annotated[str, StringConstraints(max_length=255)])
+
+# Query parameters of the reads. Text is compared with stored text, which cannot hold NUL; numbers
+# go to PostgreSQL as bigint: each is refused here (422), not in the store.
+Filter = Annotated[str | None, Query(pattern=NO_NUL_PATTERN)]
+Limit = Annotated[int | None, Query(ge=1, le=INT64_MAX, description="at most this many; all when absent")]
+Offset = Annotated[int, Query(ge=0, le=INT64_MAX, description="skip this many first")]
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -94,33 +104,54 @@ class Dispatcher:
         command_type: str | None = None,
         *,
         fingerprinted: dict[str, Any] | None = None,
+        recorded: bool = True,
     ) -> JSONResponse:
         """Publish a command and answer with its outcome, or 202 when the outcome is late.
         `fingerprinted` stands for the payload in the `Idempotency-Key` check when the payload
-        differs at every sending (it holds a freshly sealed secret)."""
+        differs at every sending (it holds a freshly sealed secret). A `recorded` command's
+        outcome can be fetched later (`Location`), so its id is noted."""
         command = self._command(
             subject, payload, command_type or subjects.command_type(subject), fingerprinted
         )
         outcome = await self.requester.send(subject, command, self.settings.api_reply_timeout)
         headers = {REQUEST_ID_HEADER: command.id}
         if outcome is None:
+            if not recorded:
+                return accepted(command.id, headers, location=False)
+            await self.requester.note_accepted(command.id)
             return accepted(command.id, headers)
         return outcome_response(outcome, headers)
 
-    async def query(self, subject: str, payload: dict[str, Any]) -> JSONResponse:
-        outcome = await self.requester.query(subject, payload, self.settings.api_reply_timeout)
-        return outcome_response(outcome)
+    async def query(self, subject: str, payload: dict[str, Any]) -> Response:
+        """A read: its result as the consumer wrote it, or the mapped refusal. A result that is
+        whole within `STREAM_AFTER_BYTES` is answered with its length; a larger one is passed on
+        part by part as it comes, so the facade never holds all of it."""
+        answer = await self.requester.ask(subject, payload, self.settings.api_reply_timeout)
+        if answer.error is not None:
+            return outcome_response(answer.error)
+        head = [part async for part in answer.parts(up_to=STREAM_AFTER_BYTES)]
+        if answer.complete:
+            return Response(b"".join(head), media_type=JSON)
+        return StreamingResponse(_chain(head, answer), media_type=JSON)
 
 
-def accepted(request_id: str, headers: dict[str, str] | None = None) -> JSONResponse:
+async def _chain(head: list[bytes], answer: Answer) -> AsyncIterator[bytes]:
+    try:
+        for part in head:
+            yield part
+        async for part in answer.parts():
+            yield part
+    finally:
+        answer.close()
+
+
+def accepted(request_id: str, headers: dict[str, str], *, location: bool = True) -> JSONResponse:
+    """202: the command is stored, its outcome late (at `Location`, unless it keeps none)."""
+    extra = {"Location": f"/api/requests/{request_id}"} if location else {}
     return JSONResponse(
         {"status": "accepted", "request_id": request_id},
         status_code=202,
-        headers={
-            **(headers or {}),
-            "Location": f"/api/requests/{request_id}",
-            "Retry-After": str(ACCEPTED_RETRY_AFTER),
-        },
+        headers={**headers, **extra, "Retry-After": str(ACCEPTED_RETRY_AFTER)},
     )
 
 

@@ -31,7 +31,13 @@ def outcome_status(outcome: Outcome) -> int:
 
 
 def outcome_body(outcome: Outcome) -> Any:
-    return {"detail": outcome.error.detail} if outcome.error else outcome.result
+    if outcome.error is None:
+        return outcome.result
+    detail = outcome.error.detail
+    if outcome.error.code == "invalid" and not isinstance(detail, list):
+        # Every 422 has FastAPI's shape, whatever the consumer that refused it wrote.
+        detail = [{"type": "value_error", "loc": ["body"], "msg": str(detail), "input": None}]
+    return {"detail": detail}
 
 
 def outcome_response(outcome: Outcome, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from noetl.bus import subjects
+from noetl.bus.envelope import Outcome
 from noetl.bus.events import follow
 from noetl.contracts.execution import (
     CancelCommand,
@@ -20,50 +20,68 @@ from noetl.contracts.execution import (
     ExecutionResponse,
     ExecutionSummary,
 )
-from noetl.facade.dispatch import Bus
-from noetl.facade.runtime import COMMAND_ERRORS
+from noetl.contracts.fields import int64
+from noetl.facade.dispatch import Bus, Filter, Offset
+from noetl.facade.errors import outcome_response
+from noetl.facade.limits import StrictJsonRoute
+from noetl.facade.responses import COMMAND, READ, not_found
 
-router = APIRouter(prefix="/api", tags=["executions"])
+router = APIRouter(prefix="/api", tags=["executions"], route_class=StrictJsonRoute)
 
-RUN_ERRORS: dict[int | str, dict[str, Any]] = {
-    **COMMAND_ERRORS,
-    404: {"description": "Catalog entry not found"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Execution not found"}}
+RUN = {**COMMAND, **not_found("Catalog entry not found")}
+NOT_FOUND = {**READ, **not_found("Execution not found")}
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.post("/executions/run", response_model=ExecutionResponse, responses=RUN_ERRORS)
+@router.post("/executions/run", response_model=ExecutionResponse, responses=RUN)
 async def run_execution(body: ExecutionRequest, bus: Bus) -> JSONResponse:
     return await bus.command(subjects.EXECUTION_RUN, body.model_dump(mode="json"))
 
 
-@router.post("/execute", response_model=ExecutionResponse, responses=RUN_ERRORS, summary="Run (old clients)")
+@router.post("/execute", response_model=ExecutionResponse, responses=RUN, summary="Run (old clients)")
 async def execute(body: ExecutionRequest, bus: Bus) -> JSONResponse:
     return await run_execution(body, bus)
 
 
-@router.get("/executions", response_model=ExecutionList)
+@router.get("/executions", response_model=ExecutionList, responses=READ)
 async def list_executions(
     bus: Bus,
-    status: str | None = None,
-    path: str | None = None,
+    status: Filter = None,
+    path: Filter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> JSONResponse:
+    offset: Offset = 0,
+) -> Response:
     query = {"status": status, "path": path, "limit": limit, "offset": offset}
     return await bus.query(subjects.QUERY_EXECUTIONS, query)
 
 
+def _not_found(execution_id: str) -> JSONResponse:
+    return outcome_response(Outcome.failed("", "not_found", f"execution not found: {execution_id!r}"))
+
+
+def _stored_id(execution_id: str) -> str | None:
+    """An execution id as the store spells it ("007" is 7), or None for one that cannot exist:
+    only ASCII digits within int64 can name an execution, so nothing else is looked up."""
+    number = int64(execution_id)
+    return None if number is None else str(number)
+
+
 @router.get("/executions/{execution_id}", response_model=ExecutionDetail, responses=NOT_FOUND)
-async def get_execution(execution_id: str, bus: Bus) -> JSONResponse:
-    return await bus.query(subjects.QUERY_EXECUTION, {"execution_id": execution_id})
+async def get_execution(execution_id: str, bus: Bus) -> Response:
+    return await _by_execution(subjects.QUERY_EXECUTION, execution_id, bus)
+
+
+async def _by_execution(subject: str, execution_id: str, bus: Bus) -> Response:
+    stored = _stored_id(execution_id)
+    if stored is None:
+        return _not_found(execution_id)
+    return await bus.query(subject, {"execution_id": stored})
 
 
 @router.get("/executions/{execution_id}/events", response_model=EventsByExecution, responses=NOT_FOUND)
-async def get_execution_events(execution_id: str, bus: Bus) -> JSONResponse:
-    return await bus.query(subjects.QUERY_EXECUTION_EVENTS, {"execution_id": execution_id})
+async def get_execution_events(execution_id: str, bus: Bus) -> Response:
+    return await _by_execution(subjects.QUERY_EXECUTION_EVENTS, execution_id, bus)
 
 
 @router.get(
@@ -72,33 +90,36 @@ async def get_execution_events(execution_id: str, bus: Bus) -> JSONResponse:
     responses=NOT_FOUND,
     summary="An execution's events (the original's path)",
 )
-async def get_events_by_execution(execution_id: str, bus: Bus) -> JSONResponse:
-    return await bus.query(subjects.QUERY_EXECUTION_EVENTS, {"execution_id": execution_id})
+async def get_events_by_execution(execution_id: str, bus: Bus) -> Response:
+    return await _by_execution(subjects.QUERY_EXECUTION_EVENTS, execution_id, bus)
 
 
 @router.get("/events/summary/{execution_id}", response_model=ExecutionSummary, responses=NOT_FOUND)
-async def get_execution_summary(execution_id: str, bus: Bus) -> JSONResponse:
+async def get_execution_summary(execution_id: str, bus: Bus) -> Response:
     """An execution's events counted by type, and its last three action errors."""
-    return await bus.query(subjects.QUERY_EXECUTION_SUMMARY, {"execution_id": execution_id})
+    return await _by_execution(subjects.QUERY_EXECUTION_SUMMARY, execution_id, bus)
 
 
 @router.post(
     "/executions/{execution_id}/cancel",
     response_model=ExecutionResponse,
-    responses={**COMMAND_ERRORS, **NOT_FOUND},
+    responses={**COMMAND, **NOT_FOUND},
 )
 async def cancel_execution(
     execution_id: str, bus: Bus, reason: Annotated[str | None, Body(embed=True, max_length=1000)] = None
 ) -> JSONResponse:
-    command = CancelCommand(execution_id=execution_id, reason=reason)
+    stored = _stored_id(execution_id)
+    if stored is None:
+        return _not_found(execution_id)
+    command = CancelCommand(execution_id=stored, reason=reason)
     return await bus.command(subjects.EXECUTION_CANCEL, command.model_dump())
 
 
 def _resume_from(last_event_id: str | None) -> int | None:
-    """`Last-Event-ID` is the stream sequence of the last event the client saw."""
-    if last_event_id and last_event_id.strip().isdigit():
-        return int(last_event_id) + 1
-    return None
+    """`Last-Event-ID` is the stream sequence of the last event the client saw; anything but a
+    plain int64 is no position, and the stream starts from the beginning."""
+    sequence = int64(last_event_id.strip()) if last_event_id else None
+    return None if sequence is None else sequence + 1
 
 
 async def _sse(request: Request, filter_subject: str, start_seq: int | None) -> AsyncIterator[bytes]:
@@ -134,18 +155,20 @@ async def stream_execution_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Server-Sent Events: the execution's stored events, then live ones; resumable."""
-    found = await bus.query(subjects.QUERY_EXECUTION, {"execution_id": execution_id})
+    # The stored id, not the one in the URL: "007" finds execution 7, whose events are under "7".
+    stored = _stored_id(execution_id)
+    if stored is None:
+        return _not_found(execution_id)
+    found = await bus.query(subjects.QUERY_EXECUTION, {"execution_id": stored})
     if found.status_code != 200:
         return found
-    # The stored id, not the one in the URL: "007" finds execution 7, whose events are under "7".
-    canonical = str(json.loads(found.body)["execution_id"])
-    return _event_stream(request, subjects.execution_events(canonical), last_event_id)
+    return _event_stream(request, subjects.execution_events(stored), last_event_id)
 
 
 @router.get(
     "/events/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={**SSE_RESPONSE, **READ},
 )
 async def stream_events(request: Request, last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """Server-Sent Events for every event: runtime, catalog, executions; resumable."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from noetl.bus import subjects
 from noetl.bus.envelope import utcnow
@@ -22,22 +20,13 @@ from noetl.contracts.runtime import (
     RuntimeRegistration,
     WorkerPoolRegistration,
 )
-from noetl.facade.dispatch import Bus
+from noetl.facade.dispatch import Bus, Filter, Limit, Offset
+from noetl.facade.limits import StrictJsonRoute
+from noetl.facade.responses import BEAT, COMMAND, READ, bad_request
 
-router = APIRouter(prefix="/api", tags=["runtime"])
+router = APIRouter(prefix="/api", tags=["runtime"], route_class=StrictJsonRoute)
 
-# A filter is compared with stored text, which cannot hold NUL: refuse it here (422), not in the store.
-Filter = Annotated[str | None, Query(pattern=r"^[^\x00]*$")]
-
-COMMAND_ERRORS: dict[int | str, dict[str, Any]] = {
-    202: {"description": "Accepted; the outcome is late: GET the `Location`"},
-    409: {"description": "This Idempotency-Key was used for a different request"},
-    503: {"description": "The bus is unreachable; retry after `Retry-After` seconds"},
-}
-HEARTBEAT_ERRORS = {
-    **COMMAND_ERRORS,
-    404: {"description": "Unknown component: register again (`Retry-After` says when)"},
-}
+REGISTER = {**COMMAND, **bad_request("`uri` is required for server_api and broker")}
 
 
 async def _register(bus: Bus, body: RuntimeRegistration) -> JSONResponse:
@@ -56,58 +45,58 @@ async def _heartbeat(bus: Bus, request: Request, kind: ComponentKind, body: Hear
         return JSONResponse(HeartbeatResponse(status="ok", name=None, runtime_id=None).as_body())
     beat = Heartbeat(kind=kind, name=name, sent_at=utcnow(), registration=body.registration)
     # A repeated beat is harmless, and beats keep no outcome to replay: an Idempotency-Key on a
-    # beat would only turn its retry into a 202 that never resolves.
+    # beat would only turn its retry into a 202 that never resolves, and a late one has no Location.
     bus.idempotency_key = None
-    return await bus.command(
-        subjects.heartbeat(kind, beat.name), beat.model_dump(mode="json"), subjects.HEARTBEAT_TYPE
-    )
+    subject = subjects.heartbeat(kind, beat.name)
+    return await bus.command(subject, beat.model_dump(mode="json"), subjects.HEARTBEAT_TYPE, recorded=False)
 
 
-async def _list(bus: Bus, kind: ComponentKind, runtime: str | None, status: str | None) -> JSONResponse:
-    return await bus.query(
-        subjects.QUERY_RUNTIME_COMPONENTS, {"kind": kind, "runtime": runtime, "status": status}
-    )
+async def _list(
+    bus: Bus, kind: ComponentKind, runtime: str | None, status: str | None, limit: int | None, offset: int
+) -> Response:
+    query = {"kind": kind, "runtime": runtime, "status": status, "limit": limit, "offset": offset}
+    return await bus.query(subjects.QUERY_RUNTIME_COMPONENTS, query)
 
 
-@router.post("/worker/pool/register", response_model=RegistrationResponse, responses=COMMAND_ERRORS)
+@router.post("/worker/pool/register", response_model=RegistrationResponse, responses=COMMAND)
 async def register_worker_pool(body: WorkerPoolRegistration, bus: Bus) -> JSONResponse:
     return await _register(bus, body)
 
 
-@router.delete("/worker/pool/deregister", response_model=RegistrationResponse, responses=COMMAND_ERRORS)
+@router.delete("/worker/pool/deregister", response_model=RegistrationResponse, responses=COMMAND)
 @router.post(
     "/worker/pool/deregister",
     response_model=RegistrationResponse,
-    responses=COMMAND_ERRORS,
+    responses=COMMAND,
     summary="Deregister Worker Pool (POST, for old clients)",
 )
 async def deregister_worker_pool(body: NamedDeregistration, bus: Bus) -> JSONResponse:
     return await _deregister(bus, "worker_pool", body.name)
 
 
-@router.post("/worker/pool/heartbeat", response_model=HeartbeatResponse, responses=HEARTBEAT_ERRORS)
+@router.post("/worker/pool/heartbeat", response_model=HeartbeatResponse, responses=BEAT)
 async def worker_pool_heartbeat(body: HeartbeatRequest, request: Request, bus: Bus) -> JSONResponse:
     return await _heartbeat(bus, request, "worker_pool", body)
 
 
-@router.get("/worker/pools", response_model=ListResponse)
-async def list_worker_pools(bus: Bus, runtime: Filter = None, status: Filter = None) -> JSONResponse:
-    return await _list(bus, "worker_pool", runtime, status)
+@router.get("/worker/pools", response_model=ListResponse, responses=READ)
+async def list_worker_pools(
+    bus: Bus, runtime: Filter = None, status: Filter = None, limit: Limit = None, offset: Offset = 0
+) -> Response:
+    """Ordered by name; every pool unless `limit` says how many (from `offset`)."""
+    return await _list(bus, "worker_pool", runtime, status, limit, offset)
 
 
 @router.post(
     "/runtime/register",
     response_model=RegistrationResponse,
-    responses={
-        **COMMAND_ERRORS,
-        400: {"description": "`uri` is required for server_api and broker"},
-    },
+    responses=REGISTER,
 )
 async def register_component(body: RuntimeRegistration, bus: Bus) -> JSONResponse:
     return await _register(bus, body)
 
 
-@router.delete("/runtime/deregister", response_model=RegistrationResponse, responses=COMMAND_ERRORS)
+@router.delete("/runtime/deregister", response_model=RegistrationResponse, responses=COMMAND)
 async def deregister_component(body: Deregistration, bus: Bus) -> JSONResponse:
     return await _deregister(bus, body.kind, body.name)
 
@@ -115,22 +104,25 @@ async def deregister_component(body: Deregistration, bus: Bus) -> JSONResponse:
 @router.post(
     "/broker/register",
     response_model=RegistrationResponse,
-    responses={**COMMAND_ERRORS, 400: {"description": "`uri` is required for a broker"}},
+    responses=REGISTER,
 )
 async def register_broker(body: BrokerRegistration, bus: Bus) -> JSONResponse:
     return await _register(bus, body)
 
 
-@router.post("/broker/heartbeat", response_model=HeartbeatResponse, responses=HEARTBEAT_ERRORS)
+@router.post("/broker/heartbeat", response_model=HeartbeatResponse, responses=BEAT)
 async def broker_heartbeat(body: HeartbeatRequest, request: Request, bus: Bus) -> JSONResponse:
     return await _heartbeat(bus, request, "broker", body)
 
 
-@router.get("/brokers", response_model=ListResponse)
-async def list_brokers(bus: Bus, runtime: Filter = None, status: Filter = None) -> JSONResponse:
-    return await _list(bus, "broker", runtime, status)
+@router.get("/brokers", response_model=ListResponse, responses=READ)
+async def list_brokers(
+    bus: Bus, runtime: Filter = None, status: Filter = None, limit: Limit = None, offset: Offset = 0
+) -> Response:
+    """Ordered by name; every broker unless `limit` says how many (from `offset`)."""
+    return await _list(bus, "broker", runtime, status, limit, offset)
 
 
-@router.delete("/broker/deregister", response_model=RegistrationResponse, responses=COMMAND_ERRORS)
+@router.delete("/broker/deregister", response_model=RegistrationResponse, responses=COMMAND)
 async def deregister_broker(body: NamedDeregistration, bus: Bus) -> JSONResponse:
     return await _deregister(bus, "broker", body.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from noetl.contracts.runtime import RuntimeRegistration
+from noetl.contracts.runtime import ComponentInfo, ComponentQuery, RuntimeRegistration
+from noetl.store.db import pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +163,11 @@ WHERE kind = %(kind)s
   AND (%(runtime)s::text IS NULL OR lower(runtime->>'type') = lower(%(runtime)s))
   AND (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY name
+LIMIT %(limit)s OFFSET %(offset)s
 """
+PAGE_ROWS = 2000
 
 
-async def list_components(
-    conn: AsyncConnection, kind: str, runtime: str | None, status: str | None
-) -> list[dict[str, Any]]:
-    cur = await conn.execute(LIST, {"kind": kind, "runtime": runtime, "status": status})
-    return await cur.fetchall()
+def list_components(conn: AsyncConnection, query: ComponentQuery) -> AsyncIterator[list[ComponentInfo]]:
+    """The components a listing asks for, ordered by name, a page at a time."""
+    return pages(conn, LIST, query.model_dump(), class_row(ComponentInfo), PAGE_ROWS)
