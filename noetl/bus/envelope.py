@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from noetl.contracts.fields import StoredText
+
 MSG_ID_HEADER = "Nats-Msg-Id"
 REPLY_TO_HEADER = "Noetl-Reply-To"
 # A query's result travels as its JSON text, in as many messages as it takes (`max_payload` bounds
@@ -43,8 +45,8 @@ def fingerprint(payload: dict[str, Any]) -> str:
 class Command(BaseModel):
     """A request to change state. `id` is the request id and the stream's `Nats-Msg-Id`."""
 
-    id: str = Field(min_length=1, max_length=128)
-    type: str
+    id: StoredText = Field(min_length=1, max_length=128)
+    type: StoredText
     time: datetime = Field(default_factory=utcnow)
     payload: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str | None = None

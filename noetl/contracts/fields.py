@@ -168,6 +168,19 @@ IdStr = Annotated[str, BeforeValidator(_clean_id), _scalar_schema({"maxLength": 
 JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
 """A free-form JSON object that the store can hold."""
 
+StoredText = Annotated[str, AfterValidator(check_json)]
+"""Text that the store can hold: no NUL, no lone surrogate."""
+
+RowId = Annotated[str, Field(pattern=r"^[0-9]{1,18}$")]
+"""The id of a row (a bigint identity), as text: what workers and consumers send one another."""
+
+
+def escaped(text: str) -> str:
+    """Any text made storable, for messages about input that was not: NUL and lone surrogates
+    written as escapes."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+
+
 OutId = Annotated[int | str, PlainSerializer(lambda v: str(v), return_type=str)]
 """An id on output: always a JSON string."""
 

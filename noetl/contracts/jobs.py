@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Base64Bytes, BaseModel, Field
 
-from noetl.contracts.fields import UtcDatetime
+from noetl.contracts.fields import RowId, UtcDatetime
 
 
 class JobStatus(StrEnum):
@@ -83,16 +83,19 @@ class Job(BaseModel):
     dispatched_at: datetime
 
 
+ATTEMPTS_MAX = 2**31 - 1  # attempts and deliveries are stored as integer
+
+
 class StepReport(BaseModel):
     """What a worker says about a job. `delivery` tells a live attempt from a dead one's late word;
     the times are the worker's, when the attempt began and ended."""
 
-    job_id: str
-    execution_id: str
+    job_id: RowId
+    execution_id: RowId
     step: str
     kind: ReportKind
-    attempt: int = Field(ge=1)
-    delivery: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=ATTEMPTS_MAX)
+    delivery: int = Field(ge=1, le=ATTEMPTS_MAX)
     worker: str
     started_at: UtcDatetime | None = None
     ended_at: UtcDatetime | None = None
@@ -125,8 +128,8 @@ class DeadJob(BaseModel):
 class ChildFinished(BaseModel):
     """A child execution ended: the command that hands its outcome to the step waiting for it."""
 
-    child_execution_id: str
-    parent_execution_id: str
+    child_execution_id: RowId
+    parent_execution_id: RowId
     status: str
     result: Any = None
     error: str | None = None

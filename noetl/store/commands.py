@@ -7,6 +7,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from noetl.contracts.fields import escaped
+
 STORED = """
 SELECT request_id, fingerprint, outcome FROM processed_commands WHERE request_id = ANY(%s)
 """
@@ -53,9 +55,10 @@ async def dead_letter(
     data: bytes,
     deliveries: int | None,
 ) -> int:
+    # What is set aside may hold anything: its text is kept escaped, its bytes as they came.
+    kept = Jsonb({escaped(k): escaped(v) for k, v in headers.items()}) if headers else None
     cur = await conn.execute(
-        DEAD_LETTER,
-        (subject, consumer, reason, Jsonb(headers) if headers else None, data, deliveries),
+        DEAD_LETTER, (escaped(subject), consumer, escaped(reason), kept, data, deliveries)
     )
     row = await cur.fetchone()
     assert row is not None
