@@ -151,10 +151,13 @@ def serve(host: str, port: int) -> Callable[[], None] | None:
 
 class HttpMetrics:
     """ASGI middleware: each request counted and timed by its route's template and its status.
-    A request that matched no route (a 404, a 413 refused before routing) counts as `unmatched`."""
+    A request that matched no route (a 404, a 413 refused before routing) counts as `unmatched`.
+    The labelled series are kept at hand: looking one up in prometheus_client takes a lock."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._timers: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,15 +170,19 @@ class HttpMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route = getattr(scope.get("route"), "path", "unmatched")
-                HTTP_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - started)
+                key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"))
+                timer = self._timers.get(key) or self._timers.setdefault(key, HTTP_SECONDS.labels(*key))
+                timer.observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, observed)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
+            key = (scope["method"], getattr(scope.get("route"), "path", "unmatched"), status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters.setdefault(key, HTTP_REQUESTS.labels(key[0], key[1], str(status)))
+            counter.inc()
 
 
 # --------------------------------------------------------------------------- polled gauges

@@ -175,3 +175,24 @@ def test_a_metrics_port_in_use_is_one_line(command: str, processes: Processes, s
     output = proc.output()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in output
     assert "Traceback" not in output
+
+
+def test_the_dashboard_shows_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from noetl import metrics
+
+    defined = {
+        m._name
+        for m in vars(metrics).values()
+        if isinstance(m, metrics.Counter | metrics.Gauge | metrics.Histogram)
+    }
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy/grafana/noetl.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    shown = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name) for e in exprs for name in re.findall(r"noetl_\w+", e)
+    }
+    assert shown <= defined, shown - defined
+    assert defined <= shown, f"metrics without a panel: {defined - shown}"
