@@ -3,6 +3,7 @@ worker each on its own `--metrics-port`. Every check is a delta over what the ac
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -73,9 +74,11 @@ async def test_every_part_counts_what_it_did(
     stack = await make_stack(consumers=False)
     consumer_port, worker_port = free_port(), free_port()
     env = process_env(servers)
-    processes.start(["consumer", *CONSUMER_NAMES, "--metrics-port", str(consumer_port)], env)
+    consumer_proc = processes.start(["consumer", *CONSUMER_NAMES, "--metrics-port", str(consumer_port)], env)
     worker_env = {"NOETL_NATS_URL": servers.nats_url, "NOETL_WORKER_HEARTBEAT_INTERVAL": "1"}
-    processes.start(["worker", "--name", "metrics-pool", "--metrics-port", str(worker_port)], worker_env)
+    worker_proc = processes.start(
+        ["worker", "--name", "metrics-pool", "--metrics-port", str(worker_port)], worker_env
+    )
     consumer = scraper(f"http://127.0.0.1:{consumer_port}/metrics")
     worker = scraper(f"http://127.0.0.1:{worker_port}/metrics")
 
@@ -154,6 +157,11 @@ async def test_every_part_counts_what_it_did(
 
     await wait_for(polled, what="pending and ack-pending per durable")
     await wait_for(lambda: consumer("noetl_executions", status="completed"), what="executions by status")
+    # Stopped as an operator would: a consumer process killed outright leaves its offload pool's
+    # child (`consumers.offload`, a spawn context) behind.
+    for proc in (worker_proc, consumer_proc):
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.output()
 
 
 async def test_metrics_can_be_left_out_of_the_facade(make_stack: StackFactory) -> None:
