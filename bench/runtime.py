@@ -664,7 +664,10 @@ class Bench:
         names = self.args.consumers.split(",")
         cli = Path(sys.executable).parent / "noetl"
         if self.args.consumer_launch == "cli" and cli.exists():
-            return [str(cli), "--log-level", "warning", "consumer", *names]
+            from noetl.embedded import free_port
+
+            metrics = ["--metrics-port", str(free_port())] if self.args.metrics_compare else []
+            return [str(cli), "--log-level", "warning", "consumer", *names, *metrics]
         return [sys.executable, "-m", "bench.runtime", "--role", "consumer", *names]
 
     def role(self, role: str, extra: list[str], timeout: float) -> dict[str, Any]:
@@ -732,10 +735,22 @@ class Bench:
                 "BENCH_BASELINE_STYLE": args.baseline_style,
             },
         )
+        self.ports = {"facade": self.facade_port, "baseline": self.baseline_port}
+        if args.metrics_compare:
+            # The same facade with its metrics off, on the same bus and consumers.
+            self.ports["facade-nometrics"] = free_port()
+            self.uvicorn(
+                "facade-nometrics",
+                "noetl.facade.app:create_app",
+                self.ports["facade-nometrics"],
+                self.base_env() | {"NOETL_NATS_URL": self.nats_url, "NOETL_API_METRICS": "false"},
+            )
         self.sampler.track("orchestrator", os.getpid())
         self.sampler.start()
         self.wait_http(self.facade_port, "/ready", "facade")
         self.wait_http(self.baseline_port, "/health", "baseline")
+        if args.metrics_compare:
+            self.wait_http(self.ports["facade-nometrics"], "/ready", "facade-nometrics")
         asyncio.run(self.wait_consumers())
         self.check_responses()
 
@@ -851,7 +866,7 @@ class Bench:
 
     def http_run(self, app: str, prefix: str, duration: float, warmup: float) -> dict[str, Any]:
         args = self.args
-        port = self.facade_port if app == "facade" else self.baseline_port
+        port = self.ports[app]
         extra = [
             "--host",
             HOST,
@@ -872,15 +887,21 @@ class Bench:
         ]
         return self.role("http-load", extra, timeout=duration + warmup + 60)
 
+    def pair(self) -> tuple[str, str]:
+        """The two apps the registration rounds alternate: the facade and the baseline, or with
+        `--metrics-compare` the facade with its metrics and without."""
+        return ("facade", "facade-nometrics") if self.args.metrics_compare else ("facade", "baseline")
+
     def registration(self) -> dict[str, Any]:
         args = self.args
         self.sampler.phase = "registration"
         log("registration: warm-up run on each app (not counted)")
-        for app in ("facade", "baseline"):
+        pair = self.pair()
+        for app in pair:
             self.http_run(app, f"warm-{app}", duration=args.warmup, warmup=0.5)
         runs = []
         for r in range(args.rounds):
-            order = ("facade", "baseline") if r % 2 == 0 else ("baseline", "facade")
+            order = pair if r % 2 == 0 else pair[::-1]
             for app in order:
                 cpu0, db0, t0 = self.sampler.cpu(), self.db_snapshot(), time.perf_counter()
                 res = self.http_run(app, f"{app}-r{r}", duration=args.duration, warmup=args.warmup)
@@ -902,7 +923,7 @@ class Bench:
                 )
                 runs.append(res)
         summary: dict[str, Any] = {}
-        for app in ("facade", "baseline"):
+        for app in pair:
             mine = [x for x in runs if x["app"] == app]
             lat = [v for x in mine for v in x["latencies_us"]]
             window = sum(x["window_s"] for x in mine)
@@ -926,12 +947,18 @@ class Bench:
                 "db_statements_per_request": mean_of(x["db"].get("statements_per_unit") for x in mine),
                 "db_xact_per_request": mean_of(x["db"].get("xact_per_unit") for x in mine),
             }
-        f, b = summary["facade"], summary["baseline"]
+        f, b = summary[pair[0]], summary[pair[1]]
         summary["ratio"] = f["throughput"] / b["throughput"] if b["throughput"] else None
         summary["p99_ratio"] = f["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None
-        summary["pass"] = bool(
-            summary["ratio"] and summary["ratio"] >= 1.3 and f["p99_ms"] <= b["p99_ms"] and f["non_200"] == 0
-        )
+        if args.metrics_compare:  # the cost of metrics: under 5% of the throughput
+            summary["pass"] = bool(summary["ratio"] and summary["ratio"] >= 0.95 and f["non_200"] == 0)
+        else:
+            summary["pass"] = bool(
+                summary["ratio"]
+                and summary["ratio"] >= 1.3
+                and f["p99_ms"] <= b["p99_ms"]
+                and f["non_200"] == 0
+            )
         for x in runs:
             del x["latencies_us"]
         return {"runs": runs, "summary": summary}
@@ -1128,7 +1155,13 @@ def render(result: dict[str, Any]) -> str:
             f" {'DB stmt/req':>11s} {'DB xact/req':>11s} {'other load':>10s}   per round"
         )
         baseline_title = f"baseline ({cfg.get('baseline_style', 'tuned')})"
-        for app, title in (("facade", "facade (bus)"), ("baseline", baseline_title)):
+        compare = "facade-nometrics" in s
+        rows = (
+            (("facade", "facade, metrics on"), ("facade-nometrics", "facade, metrics off"))
+            if compare
+            else (("facade", "facade (bus)"), ("baseline", baseline_title))
+        )
+        for app, title in rows:
             x = s[app]
             add(
                 f"   {title:22s} {x['throughput']:9,.1f} {x['p50_ms']:8.1f} {x['p99_ms']:8.1f} "
@@ -1136,12 +1169,18 @@ def render(result: dict[str, Any]) -> str:
                 f"{_fmt_num(x['db_xact_per_request'], 2):>11s} {_fmt_num(x['other_cores'], 2):>10s}"
                 f"   {x['per_round']}"
             )
-        add(
-            f"   ratio facade/baseline: throughput {s['ratio']:.2f}x (target >= 1.30x), "
-            f"p99 {s['p99_ratio']:.2f}x (target <= 1.00x): {'PASS' if s['pass'] else 'MISS'}"
-        )
+        if compare:
+            add(
+                f"   ratio metrics on/off: throughput {s['ratio']:.3f}x (target >= 0.95x), "
+                f"p99 {s['p99_ratio']:.2f}x: {'PASS' if s['pass'] else 'MISS'}"
+            )
+        else:
+            add(
+                f"   ratio facade/baseline: throughput {s['ratio']:.2f}x (target >= 1.30x), "
+                f"p99 {s['p99_ratio']:.2f}x (target <= 1.00x): {'PASS' if s['pass'] else 'MISS'}"
+            )
         add("   CPU ms per request, by process:")
-        for app in ("facade", "baseline"):
+        for app, _ in rows:
             cpu = s[app]["cpu_ms_per_request"]
             parts = ", ".join(
                 f"{k} {v:.3f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.001
@@ -1234,6 +1273,12 @@ def parser() -> argparse.ArgumentParser:
         choices=["module", "cli"],
         default="cli",
         help="module: consumers.process.run in a subprocess; cli: `noetl consumer ...`",
+    )
+    g.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="registration: the facade with metrics (and the consumer serving them) against the same "
+        "facade without (NOETL_API_METRICS=false), in place of the baseline; prints the ratio",
     )
     g.add_argument("--baseline-pool", type=int, default=16, help="the baseline's connection pool size")
     g.add_argument(

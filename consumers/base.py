@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from noetl.bus.envelope import (
 from noetl.bus.pull import Puller
 from noetl.bus.streams import command_consumer, ensure_consumer, ensure_streams
 from noetl.contracts.fields import Unstorable, check_json
+from noetl.metrics import APPLY_SECONDS, BATCH_SIZE, count_commands
 from noetl.settings import Settings
 from noetl.store import commands as command_store
 from noetl.store.outbox import NewEvent, add_events, batched
@@ -71,6 +73,7 @@ class Delivery:
     command: Command | None = None
     error: str | None = None
     refusal: Outcome | None = None  # a command the door would have refused: its outcome
+    replayed: bool = False  # answered from the record: applied by an earlier delivery
 
     def header(self, name: str) -> str | None:
         return (self.msg.headers or {}).get(name)
@@ -211,8 +214,11 @@ class BatchConsumer(ABC):
                 fetching = asyncio.ensure_future(puller.fetch(self.batch_size, FETCH_TIMEOUT))
                 if not msgs:
                     continue
+                started = time.perf_counter()
                 try:
                     await self.handle(msgs)
+                    BATCH_SIZE.labels(self.durable).observe(len(msgs))
+                    APPLY_SECONDS.labels(self.durable).observe(time.perf_counter() - started)
                 except Exception:  # unacked messages come back after ack_wait
                     log.exception("%s: batch of %d failed; it will be redelivered", self.durable, len(msgs))
                     await asyncio.sleep(RETRY_DELAY)
@@ -345,6 +351,7 @@ class CommandConsumer(BatchConsumer):
         if failed is not None:
             await self.reply([(delivery.reply_to, failed)])
         await delivery.msg.ack()
+        count_commands(self.durable, [(_type_of(delivery), "dead_letter")])
 
     async def _apply_batch(self, conn: AsyncConnection, deliveries: list[Delivery]) -> list[Outcome | None]:
         """Outcomes aligned with `deliveries`; None for a dead letter. The batch's events are
@@ -381,9 +388,11 @@ class CommandConsumer(BatchConsumer):
             if command is fresh.get(command.id):
                 outcomes[i] = applied[command.id]
             elif command.id in applied:  # the same request id twice in one batch
+                delivery.replayed = True
                 first = fresh[command.id]
                 outcomes[i] = replayed(command, applied[command.id].model_dump(), first.fingerprint)
             else:
+                delivery.replayed = True
                 row = known[command.id]
                 outcomes[i] = replayed(command, row["outcome"], row["fingerprint"])
         return outcomes
@@ -394,6 +403,20 @@ class CommandConsumer(BatchConsumer):
         )
         for delivery in deliveries:
             await delivery.msg.ack()
+        count_commands(self.durable, (_counted(d, o) for d, o in zip(deliveries, outcomes, strict=True)))
+
+
+def _type_of(delivery: Delivery) -> str:
+    """A command's type for a label: one its subject names (bounded), whatever the body says."""
+    return subjects.command_type(delivery.msg.subject) if delivery.command is not None else "undecodable"
+
+
+def _counted(delivery: Delivery, outcome: Outcome | None) -> tuple[str, str]:
+    if outcome is None:
+        return _type_of(delivery), "dead_letter"
+    if delivery.replayed:
+        return _type_of(delivery), "replayed"
+    return _type_of(delivery), "failed" if outcome.error else "applied"
 
 
 def many(

@@ -29,6 +29,7 @@ from noetl.bus.envelope import MSG_ID_HEADER
 from noetl.bus.publish import AckedPublisher
 from noetl.bus.streams import captured, ensure_streams
 from noetl.contracts.fields import int64
+from noetl.metrics import DEAD_LETTERS, OUTBOX_PUBLISHED
 from noetl.store import outbox
 from noetl.store.db import connect
 
@@ -103,7 +104,10 @@ async def relay_once(conn: AsyncConnection, publisher: AckedPublisher, since: in
             if isinstance(fate, NoStreamResponseError):
                 await _declare_streams(publisher)
     await outbox.mark_published(conn, published)
+    OUTBOX_PUBLISHED.inc(len(published))
     await _set_aside(conn, refused)
+    if refused:
+        DEAD_LETTERS.labels(RELAY).inc(len(refused))
     onward = rows[-1]["event_id"] + 1 if len(rows) == BATCH else None
     return Pass(len(published), len(refused), onward, retry)
 

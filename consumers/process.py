@@ -15,6 +15,8 @@ from consumers import catalog, credentials, execution, offload, queries, runtime
 from consumers.base import Domain
 from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
+from noetl import metrics
+from noetl.bus import subjects
 from noetl.bus.connection import Bus
 from noetl.children import notify_ready
 from noetl.reach import probe_nats, probe_postgres, until_reachable
@@ -90,6 +92,8 @@ CONSUMERS: dict[str, Starter] = {
     "sweeper": start_sweeper,
     "outbox": start_outbox,
 }
+# The streams whose durable consumers' pending messages a process serving metrics reports.
+POLLED_STREAMS = (subjects.COMMANDS_STREAM, subjects.HEARTBEATS_STREAM, subjects.JOBS_STREAM)
 # The one list of consumer names: `noetl dev`, the benchmarks, the tests and docker-compose.yml
 # (checked by a test) all take theirs from here.
 CONSUMER_NAMES: tuple[str, ...] = tuple(CONSUMERS)
@@ -122,6 +126,10 @@ async def run(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, ctx.request_stop)
         jobs = [job for name in names for job in await CONSUMERS[name](ctx)]
+        stop_serving = metrics.serve(settings.metrics_host, settings.metrics_port)
+        if stop_serving is not None:
+            stack.callback(stop_serving)
+            jobs.append(metrics.poll(pool, bus.js, POLLED_STREAMS, settings.metrics_poll_interval, ctx.stop))
         tasks = [asyncio.ensure_future(job) for job in jobs]
         log.info("consumers %s running", ", ".join(names))
         if ready is not None:

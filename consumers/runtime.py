@@ -31,6 +31,7 @@ from noetl.contracts.runtime import (
     RegistrationResponse,
     RuntimeRegistration,
 )
+from noetl.metrics import DEAD_LETTERS, HEARTBEATS
 from noetl.settings import Settings
 from noetl.store import runtime as store
 from noetl.store.outbox import NewEvent, add_events
@@ -165,6 +166,9 @@ class HeartbeatConsumer(BatchConsumer):
             log.exception("%s: batch of %d beats failed", self.durable, len(beats) + len(bad))
             await asyncio.sleep(RETRY_DELAY)
             return
+        HEARTBEATS.inc(len(beats))
+        if bad:
+            DEAD_LETTERS.labels(self.durable).inc(len(bad))
         answers = []
         for delivery, hb in beats:
             key = (hb.kind, hb.name)

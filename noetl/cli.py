@@ -19,7 +19,7 @@ import typer
 
 from noetl import cli_client
 from noetl.problems import Problem
-from noetl.settings import get_settings
+from noetl.settings import Settings, get_settings
 
 PACKAGE = "noetl-control-plane"
 
@@ -104,6 +104,26 @@ def api(
     uvloop.run(serve(get_settings(), host=host, port=port))
 
 
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port, at /metrics (default: NOETL_METRICS_PORT; 0: none).",
+    ),
+]
+MetricsHost = Annotated[
+    str | None,
+    typer.Option(help="The address the metrics listen on (default: NOETL_METRICS_HOST, else 127.0.0.1)."),
+]
+
+
+def _settings(metrics_port: int | None, metrics_host: str | None) -> Settings:
+    """The settings, with the metrics options of the command line over the environment's."""
+    given = {"metrics_port": metrics_port, "metrics_host": metrics_host}
+    return get_settings().model_copy(update={k: v for k, v in given.items() if v is not None})
+
+
 @app.command()
 def consumer(
     names: Annotated[
@@ -113,6 +133,8 @@ def consumer(
             help="The consumers to run in this process; an unknown name is refused with the list.",
         ),
     ],
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = None,
 ) -> None:
     """Consumers that apply commands to PostgreSQL (NOETL_NATS_URL and NOETL_PG_DSN).
 
@@ -127,7 +149,7 @@ def consumer(
         raise typer.BadParameter(
             f"unknown {', '.join(unknown)}; choose from {', '.join(CONSUMER_NAMES)}", param_hint="NAME"
         )
-    uvloop.run(run_process(names, get_settings()))
+    uvloop.run(run_process(names, _settings(metrics_port, metrics_host)))
 
 
 @db_app.command("migrate")
@@ -152,6 +174,8 @@ def worker(
     ] = None,
     runtime: Annotated[str, typer.Option(help="The runtime whose jobs this pool runs.")] = "python",
     capacity: Annotated[int, typer.Option(min=1, help="Jobs this pool runs at once.")] = 4,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = None,
 ) -> None:
     """A worker pool: it registers on the bus, beats, and runs the jobs of its runtime.
 
@@ -162,7 +186,8 @@ def worker(
 
     from noetl.worker.main import run_worker
 
-    uvloop.run(run_worker(get_settings(), name=name, runtime=runtime, capacity=capacity))
+    settings = _settings(metrics_port, metrics_host)
+    uvloop.run(run_worker(settings, name=name, runtime=runtime, capacity=capacity))
 
 
 def main(argv: list[str] | None = None) -> int:

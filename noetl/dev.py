@@ -23,7 +23,7 @@ from typing import IO
 import platformdirs
 
 from noetl.crypto import KEY_SETTING, generate_key
-from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, require_free
+from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, free_port, require_free
 from noetl.problems import Problem
 from noetl.reach import probe_nats, probe_postgres
 from noetl.settings import PostgresEnv, get_settings
@@ -211,19 +211,25 @@ def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, nats_
     key_env = {KEY_SETTING: credentials_key(data_dir)}
     grace = get_settings().worker_grace_seconds
 
-    consumers = [*noetl, "consumer", *CONSUMER_NAMES]
+    port = free_port()
+    consumers = [*noetl, "consumer", *CONSUMER_NAMES, "--metrics-port", str(port)]
     supervisor.add(
         Command("consumers", consumers, bus_env | key_env | {"NOETL_PG_DSN": dsn}, tier=1, stop_timeout=30)
     )
-    _say(f"consumers    {', '.join(CONSUMER_NAMES)}")
+    _say(f"consumers    {', '.join(CONSUMER_NAMES)} (metrics {_metrics_url(port)})")
     for i in range(opts.workers):
         name = f"local-{i + 1}" if opts.workers > 1 else "local"
-        argv = [*noetl, "worker", "--name", name]
+        port = free_port()
+        argv = [*noetl, "worker", "--name", name, "--metrics-port", str(port)]
         worker_env = bus_env | {"NOETL_WORKER_DATA_DIR": str(data_dir / "worker")}
         supervisor.add(Command(f"worker {name}", argv, worker_env, tier=0, stop_timeout=grace + 10))
-        _say(f"worker       {name} (runtime python)")
+        _say(f"worker       {name} (runtime python; metrics {_metrics_url(port)})")
     api = [*noetl, "api", "--host", HOST, "--port", str(opts.port)]
     supervisor.add(Command("api", api, bus_env | key_env, tier=0, stop_timeout=15))
+
+
+def _metrics_url(port: int) -> str:
+    return f"http://{HOST}:{port}/metrics"
 
 
 def _supervise(supervisor: Supervisor, signals: Signals, port: int) -> None:
@@ -235,7 +241,10 @@ def _supervise(supervisor: Supervisor, signals: Signals, port: int) -> None:
         if not announced:
             waiting = supervisor.waiting_for()
             if not waiting:
-                _say(f"API          http://{HOST}:{port}  (docs: http://{HOST}:{port}/docs)")
+                _say(
+                    f"API          http://{HOST}:{port}  (docs: http://{HOST}:{port}/docs, "
+                    f"metrics: {_metrics_url(port)})"
+                )
                 _say("ready; Ctrl-C stops everything")
                 announced = True
             elif time.monotonic() >= note_at:

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     worker_name: str | None = None
     log_format: Literal["text", "json"] = "text"
 
+    # Prometheus metrics (`noetl.metrics`): the facade's `GET /metrics` and its request counts
+    # (off: neither); a consumer process's or a worker's own port (0: none), and how often a
+    # consumer process reads the gauges it polls.
+    api_metrics: bool = True
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_poll_interval: float = Field(15.0, gt=0)
+
     runtime_offline_seconds: float = Field(60.0, gt=0)
     runtime_sweep_interval: float = Field(15.0, gt=0)
     worker_heartbeat_interval: float = Field(5.0, gt=0)

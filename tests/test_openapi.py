@@ -41,7 +41,7 @@ def live_url(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iter
     bus = {"NOETL_NATS_URL": servers.nats_url}
     try:
         consumers = procs.start(
-            ["--log-level", "error", "consumer", "runtime", "catalog", "execution", "outbox"],
+            ["--log-level", "error", "consumer", "runtime", "catalog", "execution", "credentials", "outbox"],
             {**bus, "NOETL_PG_DSN": servers.dsn},
         )
         port = free_port()

@@ -14,6 +14,48 @@ from noetl.contracts.fields import Limit, Offset, OutId, Text
 MAX_PATH_LENGTH = 1024
 RESOURCE_TYPE_MAX_LENGTH = 64
 
+HELLO_PLAYBOOK = """\
+apiVersion: noetl.io/v1
+kind: Playbook
+metadata:
+  name: hello_world
+  path: examples/hello_world
+workload:
+  message: Hello World
+workflow:
+  - step: start
+    next:
+      - step: greet
+  - step: greet
+    type: python
+    code: |
+      def main(message):
+          return {"status": "success", "data": {"message": message}}
+    data:
+      message: "{{ workload.message }}"
+    next:
+      - step: end
+  - step: end
+"""
+HELLO_BASE64 = base64.b64encode(HELLO_PLAYBOOK.encode()).decode()
+TEXT_EXAMPLES = [{"content": HELLO_PLAYBOOK}, {"content_base64": HELLO_BASE64, "resource_type": "Playbook"}]
+ENTRY_EXAMPLE = {
+    "catalog_id": "1",
+    "path": "examples/hello_world",
+    "version": 1,
+    "kind": "Playbook",
+    "content": HELLO_PLAYBOOK,
+    "created_at": "2026-12-03T07:00:00Z",
+    "payload": {
+        "apiVersion": "noetl.io/v1",
+        "kind": "Playbook",
+        "metadata": {"name": "hello_world", "path": "examples/hello_world"},
+        "workload": {"message": "Hello World"},
+        "workflow": [{"step": "start", "next": [{"step": "greet"}]}, {"step": "end"}],
+    },
+    "meta": {"registered_by": "ci"},
+}
+
 
 class InvalidContent(BadRequest):
     """The body carries no usable playbook text: a 400."""
@@ -22,7 +64,7 @@ class InvalidContent(BadRequest):
 class PlaybookText(BaseModel):
     """A playbook's YAML as a client sends it: `content`, or `content_base64`."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": TEXT_EXAMPLES})
 
     content_base64: str | None = None
     content: str | None = None
@@ -45,6 +87,11 @@ class PlaybookText(BaseModel):
 
 
 class CatalogRegistration(PlaybookText):
+    """A playbook to register: the next version of the path its `metadata.path` names (else
+    its `metadata.name`), checked whole before it is stored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": TEXT_EXAMPLES})
+
     @model_validator(mode="after")
     def _some_content(self) -> CatalogRegistration:
         if not (self.content_base64 or self.content):
@@ -60,6 +107,23 @@ class CatalogCommand(BaseModel):
 
 
 class CatalogRegistered(BaseModel):
+    """The registered entry: its path, its new version, its id."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "success",
+                    "message": "Resource 'examples/hello_world' version '1' registered.",
+                    "path": "examples/hello_world",
+                    "version": 1,
+                    "catalog_id": "1",
+                    "kind": "Playbook",
+                }
+            ]
+        }
+    )
+
     status: str = "success"
     message: str
     path: str
@@ -81,11 +145,20 @@ class CatalogEntryHead(BaseModel):
 
 
 class CatalogEntry(CatalogEntryHead):
+    """A registered version: its YAML as sent (`content`), and as the document it parses to
+    (`payload`)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ENTRY_EXAMPLE]})
+
     payload: dict[str, Any]
     meta: dict[str, Any] | None
 
 
 class CatalogList(BaseModel):
+    """Catalog entries, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"entries": [ENTRY_EXAMPLE]}]})
+
     entries: list[CatalogEntry]
 
 
@@ -102,6 +175,20 @@ class CatalogLookup(BaseModel):
 
 class PlaybookCheck(BaseModel):
     """`POST /api/catalog/playbooks/validate`: whether the text would register, and why not."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"valid": True, "errors": [], "path": "examples/hello_world", "steps": 3},
+                {
+                    "valid": False,
+                    "errors": ["step 'greet': next names a missing step 'finish'"],
+                    "path": "examples/hello_world",
+                    "steps": 3,
+                },
+            ]
+        }
+    )
 
     valid: bool
     errors: list[str]

@@ -15,6 +15,19 @@ from noetl.crypto import Cipher
 DEFAULT_TYPE = "generic"
 BIGINT_MAX = 2**63 - 1
 
+RECORD_EXAMPLE = {
+    "id": "1",
+    "name": "pg_local",
+    "type": "postgres",
+    "meta": {"owner": "data-team"},
+    "tags": ["dev"],
+    "description": "the local database",
+    "created_at": "2026-12-03T07:00:00Z",
+    "updated_at": "2026-12-03T07:00:00Z",
+}
+# A placeholder, not a secret: the shape a postgres credential's data takes.
+DATA_EXAMPLE = {"db_host": "127.0.0.1", "db_port": 5432, "db_user": "noetl", "db_password": "<password>"}
+
 
 def _not_an_id(value: str) -> str:
     if is_id(value):
@@ -51,7 +64,21 @@ Tags = Annotated[list[StrippedStr], BeforeValidator(_tag_list), AfterValidator(_
 class CredentialRegistration(BaseModel):
     """`POST /api/credentials`: an upsert by name."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "pg_local",
+                    "type": "postgres",
+                    "data": DATA_EXAMPLE,
+                    "tags": ["dev"],
+                    "description": "the local database",
+                },
+                {"name": "api_token", "data": {"token": "<token>"}, "tags": ["http", "external"]},
+            ]
+        },
+    )
 
     name: CredentialName
     type: CredentialType = DEFAULT_TYPE
@@ -84,6 +111,10 @@ class CredentialCommand(BaseModel):
 
 
 class CredentialRecord(BaseModel):
+    """A credential without its data."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [RECORD_EXAMPLE]})
+
     id: OutId
     name: str
     type: str
@@ -95,15 +126,31 @@ class CredentialRecord(BaseModel):
 
 
 class CredentialWithData(CredentialRecord):
+    """A credential with its data, opened: only for `include_data=true`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{**RECORD_EXAMPLE, "data": DATA_EXAMPLE}]})
+
     data: dict[str, Any] = Field(repr=False)
 
 
 class CredentialFilter(BaseModel):
+    """The filters a list was asked with."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"type": "postgres", "q": None}]})
+
     type: str | None = None
     q: str | None = None
 
 
 class CredentialList(BaseModel):
+    """Credentials without their data, ordered by name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [RECORD_EXAMPLE], "filter": {"type": "postgres", "q": None}}]
+        }
+    )
+
     items: list[CredentialRecord]
     filter: CredentialFilter
 
@@ -134,6 +181,12 @@ class CredentialRead(CredentialRef):
 
 
 class CredentialDeleted(BaseModel):
+    """The credential that was removed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "deleted", "id": "1", "name": "pg_local"}]}
+    )
+
     status: Literal["deleted"] = "deleted"
     id: OutId
     name: str

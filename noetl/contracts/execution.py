@@ -4,14 +4,66 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from noetl.contracts.fields import IdStr, JsonObject, OutId
 
 ExecutionType = Literal["playbook", "tool", "model", "workflow"]
 LATEST = "latest"
+NULLABLE_OBJECT = {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}]}
+
+EXECUTION_EXAMPLE = {
+    "execution_id": "1",
+    "id": "1",
+    "catalog_id": "1",
+    "path": "examples/hello_world",
+    "playbook_id": "examples/hello_world",
+    "playbook_name": "hello_world",
+    "version": "1",
+    "type": "playbook",
+    "execution_type": "playbook",
+    "status": "completed",
+    "timestamp": "2026-12-03T07:00:01.250Z",
+    "start_time": "2026-12-03T07:00:01Z",
+    "end_time": "2026-12-03T07:00:01.250Z",
+    "progress": 100,
+    "result": {"status": "success", "data": {"message": "Hi there"}},
+    "error": None,
+}
+EVENT_EXAMPLE = {
+    "event_id": "12",
+    "execution_id": "1",
+    "event_type": "step_completed",
+    "node_id": "1:greet",
+    "node_name": "greet",
+    "node_type": "python",
+    "status": "COMPLETED",
+    "duration": 0.042,
+    "timestamp": "2026-12-03T07:00:01.200Z",
+    "created_at": "2026-12-03T07:00:01.200Z",
+    "context": None,
+    "result": {"status": "success", "data": {"message": "Hi there"}},
+    "error": None,
+    "current_index": None,
+    "current_item": None,
+    "worker_id": "local@host:4242",
+    "parent_event_id": "9",
+    "parent_execution_id": None,
+    "meta": {"attempt": 1, "job_id": "3"},
+}
+EVENT_ERROR_EXAMPLE = {
+    "node_name": "fetch",
+    "error": "HTTP 503 from https://api.example.com/items",
+    "created_at": "2026-12-03T07:00:02Z",
+}
+SUMMARY_EXAMPLE = {
+    "execution_id": "1",
+    "counts": {"execution_start": 1, "step_started": 3, "step_completed": 3, "execution_complete": 1},
+    "skipped": 0,
+    "errors": [],
+}
 
 
 class ExecutionStatus(StrEnum):
@@ -35,7 +87,14 @@ class EventStatus(StrEnum):
 
 
 class ExecutionContext(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Where a sub-playbook's execution comes from: its parent execution, event and step."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"parent_execution_id": "1", "parent_event_id": "9", "parent_step": "teams"}]
+        },
+    )
 
     parent_execution_id: IdStr | None = None
     parent_event_id: IdStr | None = None
@@ -43,16 +102,33 @@ class ExecutionContext(BaseModel):
 
 
 class ExecutionRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    """Run a playbook of the catalog: by `catalog_id`, or by `path` (`playbook_id` is the
+    original's name) and `version` (default `latest`). `parameters` (`input_payload`) override the
+    workload's keys, or are deep-merged into it with `merge`."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"path": "examples/hello_world", "version": "latest", "parameters": {"message": "Hi there"}},
+                {"playbook_id": "examples/hello_world", "input_payload": {"message": "Hi"}, "merge": True},
+            ]
+        },
+    )
 
     catalog_id: IdStr | None = None
     path: IdStr | None = None
     playbook_id: IdStr | None = None
     version: IdStr = LATEST
     type: ExecutionType = Field("playbook", alias="execution_type")
-    parameters: JsonObject = Field(default_factory=dict, alias="input_payload")
-    merge: bool = False
-    sync_to_postgres: bool = True
+    # null reads as none (`_null_is_empty`), and the document says so.
+    parameters: Annotated[JsonObject, WithJsonSchema(NULLABLE_OBJECT)] = Field(
+        default_factory=dict, alias="input_payload"
+    )
+    # JSON booleans only, as the document says: not 0, not "yes".
+    merge: bool = Field(False, strict=True)
+    sync_to_postgres: bool = Field(True, strict=True)
     context: ExecutionContext | None = None
     parent_execution_id: IdStr | None = None
     parent_event_id: IdStr | None = None
@@ -94,6 +170,18 @@ class ExecutionRequest(BaseModel):
 
 
 class ExecutionResponse(BaseModel):
+    """An execution: its playbook, its `status` (`running`, `completed`, `failed`,
+    `cancelled`), and once it ended its `result` or `error`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                EXECUTION_EXAMPLE,
+                {**EXECUTION_EXAMPLE, "status": "running", "end_time": None, "progress": 0, "result": None},
+            ]
+        }
+    )
+
     execution_id: OutId
     id: OutId
     catalog_id: OutId
@@ -139,6 +227,8 @@ class ExecutionEvent(BaseModel):
     for the execution's own events), `duration` is in seconds, `timestamp` and `created_at` are
     the time it happened; `meta` holds the rest (attempt, job id, path, version)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_EXAMPLE]})
+
     event_id: OutId
     execution_id: OutId
     event_type: str
@@ -174,17 +264,35 @@ class ExecutionEvent(BaseModel):
 
 
 class EventsByExecution(BaseModel):
+    """An execution's events, oldest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"execution_id": "1", "events": [EVENT_EXAMPLE]}]}
+    )
+
     execution_id: OutId
     events: list[ExecutionEvent]
 
 
 class EventError(BaseModel):
+    """An action's error: the step it failed in, and when."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EVENT_ERROR_EXAMPLE]})
+
     node_name: str | None
     error: str | None
     created_at: datetime
 
 
 class Summary(BaseModel):
+    """An execution's events counted by type, with its last action errors."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [SUMMARY_EXAMPLE, {**SUMMARY_EXAMPLE, "errors": [EVENT_ERROR_EXAMPLE]}]
+        }
+    )
+
     execution_id: OutId
     counts: dict[str, int] = Field(description="events by type")
     skipped: int = 0
@@ -192,11 +300,33 @@ class Summary(BaseModel):
 
 
 class ExecutionSummary(BaseModel):
+    """`GET /api/events/summary/{execution_id}`, in the original's envelope."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok", "summary": SUMMARY_EXAMPLE}]})
+
     status: Literal["ok"] = "ok"
     summary: Summary
 
 
 class ExecutionDetail(ExecutionResponse):
+    """An execution with its workload, its parent (a sub-playbook's) and its events."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXECUTION_EXAMPLE,
+                    "workload": {"message": "Hi there"},
+                    "parent_execution_id": None,
+                    "parent_event_id": None,
+                    "parent_step": None,
+                    "metadata": None,
+                    "events": [EVENT_EXAMPLE],
+                }
+            ]
+        }
+    )
+
     workload: dict[str, Any]
     parent_execution_id: str | None = None
     parent_event_id: str | None = None
@@ -206,6 +336,12 @@ class ExecutionDetail(ExecutionResponse):
 
 
 class ExecutionList(BaseModel):
+    """Executions, newest first, a page at a time."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [EXECUTION_EXAMPLE], "count": 1, "limit": 50, "offset": 0}]}
+    )
+
     items: list[ExecutionResponse]
     count: int
     limit: int
@@ -217,6 +353,14 @@ class ExecutionQuery(BaseModel):
     path: str | None = None
     limit: int = Field(50, ge=1, le=1000)
     offset: int = Field(0, ge=0)
+
+
+class CancelRequest(BaseModel):
+    """Why the execution is cancelled (optional): recorded in its `execution_cancelled` event."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "no longer needed"}, {}]})
+
+    reason: str | None = Field(None, max_length=1000)
 
 
 class CancelCommand(BaseModel):

@@ -22,8 +22,39 @@ class MissingUri(BadRequest):
     """`uri` is required for this kind: a 400, not a 422, as the original API answered."""
 
 
+POOL_EXAMPLE = {
+    "name": "pool-a",
+    "runtime": "python",
+    "capacity": 8,
+    "labels": {"zone": "eu-1"},
+    "pid": 4242,
+    "hostname": "worker-host-1",
+}
+BROKER_EXAMPLE = {"name": "broker-1", "runtime": "python", "uri": "http://10.0.0.5:8084"}
+COMPONENT_EXAMPLE = {
+    "name": "pool-a",
+    "runtime": {"type": "python", "pid": 4242, "hostname": "worker-host-1"},
+    "status": "ready",
+    "capacity": 8,
+    "labels": {"zone": "eu-1"},
+    "heartbeat": "2026-12-03T07:00:05Z",
+    "created_at": "2026-12-03T07:00:00Z",
+    "updated_at": "2026-12-03T07:00:05Z",
+}
+
+
 class RuntimeRegistration(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    """A component's registration, an upsert by kind and name: a known one is updated and keeps
+    its `runtime_id`. `component_type` and `base_url` are the original's names of `kind` and
+    `uri`; `uri` is required for a `server_api` and a `broker`."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{**BROKER_EXAMPLE, "kind": "broker"}, {**POOL_EXAMPLE, "kind": "worker_pool"}]
+        },
+    )
 
     name: Name
     kind: ComponentKind = Field("worker_pool", alias="component_type")
@@ -68,6 +99,8 @@ def _ignored(kind: str) -> WithJsonSchema:
 class WorkerPoolRegistration(RuntimeRegistration):
     """The worker-pool variant: whatever `kind` says, it is a worker pool."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [POOL_EXAMPLE, {"name": "pool-b"}]})
+
     kind: Annotated[ComponentKind, _ignored("worker_pool")] = Field("worker_pool", alias="component_type")
 
     @field_validator("kind", mode="before")
@@ -77,6 +110,10 @@ class WorkerPoolRegistration(RuntimeRegistration):
 
 
 class BrokerRegistration(RuntimeRegistration):
+    """The broker variant: whatever `kind` says, it is a broker; `uri` (or `base_url`) is required."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [BROKER_EXAMPLE]})
+
     # The default too: a field validator does not run on a default value.
     kind: Annotated[ComponentKind, _ignored("broker")] = Field("broker", alias="component_type")
 
@@ -87,7 +124,13 @@ class BrokerRegistration(RuntimeRegistration):
 
 
 class Deregistration(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    """A component to mark offline, by kind and name (`component_type` is the original's `kind`)."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="ignore",
+        json_schema_extra={"examples": [{"name": "pool-a", "kind": "worker_pool"}]},
+    )
 
     name: Name
     kind: ComponentKind = Field("worker_pool", alias="component_type")
@@ -96,13 +139,25 @@ class Deregistration(BaseModel):
 class NamedDeregistration(BaseModel):
     """`{"name"}` for the kind-specific deregister endpoints."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{"name": "pool-a"}]})
 
     name: Name
 
 
 class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A beat through the API. Without `name`, the facade's `NOETL_WORKER_POOL_NAME`; with
+    `registration`, an unknown component is registered again from it when
+    `NOETL_AUTO_RECREATE_RUNTIME` is on."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"name": "pool-a"},
+                {"name": "pool-a", "registration": {"name": "pool-a", "runtime": "python", "capacity": 8}},
+            ]
+        },
+    )
 
     name: Name | None = None
     registration: JsonObject | None = None
@@ -143,6 +198,22 @@ class HeartbeatCommand(Command):
 
 
 class RegistrationResponse(BaseModel):
+    """The component as registered; a deregistration answers `runtime_id` and `runtime` null."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "name": "pool-a",
+                    "runtime_id": "1",
+                    "kind": "worker_pool",
+                    "runtime": "python",
+                },
+            ]
+        }
+    )
+
     status: str = "ok"
     name: str
     runtime_id: OutId | None
@@ -151,6 +222,18 @@ class RegistrationResponse(BaseModel):
 
 
 class HeartbeatResponse(BaseModel):
+    """The beat is recorded (`ok`), or the unknown component was registered again from it
+    (`recreated`, with its runtime)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "name": "pool-a", "runtime_id": "1"},
+                {"status": "recreated", "name": "pool-a", "runtime_id": "2", "runtime": "python"},
+            ]
+        }
+    )
+
     status: Literal["ok", "recreated"]
     name: str | None
     runtime_id: OutId | None
@@ -164,6 +247,11 @@ class HeartbeatResponse(BaseModel):
 
 
 class ComponentInfo(BaseModel):
+    """A registered component: `runtime` holds its runtime type, pid, hostname and other metadata;
+    `status` is `ready`, or `offline` after a deregistration or a silence."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [COMPONENT_EXAMPLE]})
+
     name: str
     runtime: dict[str, Any] | None
     status: str
@@ -183,6 +271,16 @@ class ComponentQuery(BaseModel):
 
 
 class ListResponse(BaseModel):
+    """Components of one kind, ordered by name, with the filters that chose them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [COMPONENT_EXAMPLE], "count": 1, "runtime": "python", "status": None, "error": None}
+            ]
+        }
+    )
+
     items: list[ComponentInfo]
     count: int
     runtime: str | None = None

@@ -15,6 +15,7 @@ from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
 from noetl.facade import catalog, credentials, dispatch, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
+from noetl.metrics import HttpMetrics, metrics_endpoint
 from noetl.settings import Settings, get_settings
 
 
@@ -75,4 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for route in module.router.routes
     ]
     app.router.routes[:0] = sorted(routes, key=_traffic_rank)
+    if settings.api_metrics:
+        app.add_middleware(HttpMetrics)  # the outermost: it sees the 413s too
+        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     return app

@@ -37,6 +37,8 @@ PlaybookPath = Annotated[str, Path(pattern=NO_NUL_PATTERN, max_length=MAX_PATH_L
     responses={**COMMAND, **bad_request("No content, invalid YAML, or not a playbook")},
 )
 async def register(body: CatalogRegistration, bus: Bus) -> JSONResponse:
+    """Register a playbook: checked whole (a 400 names the step and the problem), then stored as
+    the next version of its path."""
     command = CatalogCommand(content=body.text(), resource_type=body.resource_type)
     return await bus.command(subjects.CATALOG_REGISTER, command.model_dump())
 
@@ -66,5 +68,6 @@ async def list_entries(
     "/playbooks/{path:path}", response_model=CatalogEntry, responses={**READ, **not_found("Not found")}
 )
 async def get_playbook(path: PlaybookPath, bus: Bus, version: Version = "latest") -> Response:
+    """A catalog entry by path, at a version (default: the latest)."""
     lookup = {"path": path.strip("/"), "version": None if version == "latest" else int(version)}
     return await bus.query(subjects.QUERY_CATALOG_ENTRY, lookup)

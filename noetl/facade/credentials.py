@@ -77,6 +77,7 @@ async def list_credentials(
         str | None, Query(pattern=NO_NUL_PATTERN, description="part of the name or description")
     ] = None,
 ) -> Response:
+    """Credentials without their data, ordered by name; optionally of one type, or matching `q`."""
     return await bus.query(subjects.QUERY_CREDENTIALS_LIST, {"type": type_ or ctype, "q": q})
 
 
@@ -93,4 +94,5 @@ async def get_credential(identifier: Identifier, bus: Bus, include_data: bool = 
 
 @router.delete("/{identifier:path}", response_model=CredentialDeleted, responses={**COMMAND, **NOT_FOUND})
 async def delete_credential(identifier: Identifier, bus: Bus) -> Response:
+    """Remove a credential, by id or by name."""
     return await bus.command(subjects.CREDENTIALS_DELETE, CredentialRef.of(identifier).model_dump())

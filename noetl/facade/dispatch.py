@@ -20,6 +20,7 @@ from noetl.bus.envelope import (
 from noetl.bus.requests import Answer, Requester
 from noetl.contracts.fields import INT64_MAX, NO_NUL_PATTERN
 from noetl.facade.errors import outcome_response
+from noetl.metrics import LATE_REPLIES
 from noetl.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -116,6 +117,7 @@ class Dispatcher:
         outcome = await self.requester.send(subject, command, self.settings.api_reply_timeout)
         headers = {REQUEST_ID_HEADER: command.id}
         if outcome is None:
+            LATE_REPLIES.labels(command.type).inc()
             if not recorded:
                 return accepted(command.id, headers, location=False)
             await self.requester.note_accepted(command.id)

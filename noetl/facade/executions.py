@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from noetl.bus import subjects
@@ -13,6 +13,7 @@ from noetl.bus.envelope import Outcome
 from noetl.bus.events import follow
 from noetl.contracts.execution import (
     CancelCommand,
+    CancelRequest,
     EventsByExecution,
     ExecutionDetail,
     ExecutionList,
@@ -36,11 +37,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @router.post("/executions/run", response_model=ExecutionResponse, responses=RUN)
 async def run_execution(body: ExecutionRequest, bus: Bus) -> JSONResponse:
+    """Start an execution of a catalog entry; it runs on the worker pools of the playbook's
+    runtime. The answer is the execution as started (`running`): follow it at
+    `/api/executions/{execution_id}` or its event stream."""
     return await bus.command(subjects.EXECUTION_RUN, body.model_dump(mode="json"))
 
 
 @router.post("/execute", response_model=ExecutionResponse, responses=RUN, summary="Run (old clients)")
 async def execute(body: ExecutionRequest, bus: Bus) -> JSONResponse:
+    """`POST /api/executions/run` under the original's path."""
     return await run_execution(body, bus)
 
 
@@ -52,6 +57,7 @@ async def list_executions(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Offset = 0,
 ) -> Response:
+    """Executions, newest first, optionally of one status or one playbook path."""
     query = {"status": status, "path": path, "limit": limit, "offset": offset}
     return await bus.query(subjects.QUERY_EXECUTIONS, query)
 
@@ -69,6 +75,7 @@ def _stored_id(execution_id: str) -> str | None:
 
 @router.get("/executions/{execution_id}", response_model=ExecutionDetail, responses=NOT_FOUND)
 async def get_execution(execution_id: str, bus: Bus) -> Response:
+    """An execution with its workload and its events."""
     return await _by_execution(subjects.QUERY_EXECUTION, execution_id, bus)
 
 
@@ -81,6 +88,7 @@ async def _by_execution(subject: str, execution_id: str, bus: Bus) -> Response:
 
 @router.get("/executions/{execution_id}/events", response_model=EventsByExecution, responses=NOT_FOUND)
 async def get_execution_events(execution_id: str, bus: Bus) -> Response:
+    """An execution's events, oldest first, flat as NoETL's clients read them."""
     return await _by_execution(subjects.QUERY_EXECUTION_EVENTS, execution_id, bus)
 
 
@@ -91,6 +99,7 @@ async def get_execution_events(execution_id: str, bus: Bus) -> Response:
     summary="An execution's events (the original's path)",
 )
 async def get_events_by_execution(execution_id: str, bus: Bus) -> Response:
+    """`GET /api/executions/{execution_id}/events` under the original's path."""
     return await _by_execution(subjects.QUERY_EXECUTION_EVENTS, execution_id, bus)
 
 
@@ -105,13 +114,13 @@ async def get_execution_summary(execution_id: str, bus: Bus) -> Response:
     response_model=ExecutionResponse,
     responses={**COMMAND, **NOT_FOUND},
 )
-async def cancel_execution(
-    execution_id: str, bus: Bus, reason: Annotated[str | None, Body(embed=True, max_length=1000)] = None
-) -> JSONResponse:
+async def cancel_execution(execution_id: str, bus: Bus, body: CancelRequest | None = None) -> JSONResponse:
+    """Cancel a running execution: its running steps are stopped on their workers, its
+    sub-playbooks cancelled too. An execution that already ended is answered as it is."""
     stored = _stored_id(execution_id)
     if stored is None:
         return _not_found(execution_id)
-    command = CancelCommand(execution_id=stored, reason=reason)
+    command = CancelCommand(execution_id=stored, reason=body.reason if body else None)
     return await bus.command(subjects.EXECUTION_CANCEL, command.model_dump())
 
 

@@ -60,6 +60,7 @@ async def _list(
 
 @router.post("/worker/pool/register", response_model=RegistrationResponse, responses=COMMAND)
 async def register_worker_pool(body: WorkerPoolRegistration, bus: Bus) -> JSONResponse:
+    """Register a worker pool, or update the one of that name (it keeps its `runtime_id`)."""
     return await _register(bus, body)
 
 
@@ -71,11 +72,14 @@ async def register_worker_pool(body: WorkerPoolRegistration, bus: Bus) -> JSONRe
     summary="Deregister Worker Pool (POST, for old clients)",
 )
 async def deregister_worker_pool(body: NamedDeregistration, bus: Bus) -> JSONResponse:
+    """Mark a worker pool offline (its row stays, and a later registration or beat brings it back)."""
     return await _deregister(bus, "worker_pool", body.name)
 
 
 @router.post("/worker/pool/heartbeat", response_model=HeartbeatResponse, responses=BEAT)
 async def worker_pool_heartbeat(body: HeartbeatRequest, request: Request, bus: Bus) -> JSONResponse:
+    """A worker pool's beat: it stays `ready` (or becomes it again). An unknown pool is a 404 with
+    `Retry-After`: register again. Workers on the bus beat without HTTP."""
     return await _heartbeat(bus, request, "worker_pool", body)
 
 
@@ -93,11 +97,13 @@ async def list_worker_pools(
     responses=REGISTER,
 )
 async def register_component(body: RuntimeRegistration, bus: Bus) -> JSONResponse:
+    """Register a component of any kind, or update the one of that kind and name."""
     return await _register(bus, body)
 
 
 @router.delete("/runtime/deregister", response_model=RegistrationResponse, responses=COMMAND)
 async def deregister_component(body: Deregistration, bus: Bus) -> JSONResponse:
+    """Mark a component of any kind offline."""
     return await _deregister(bus, body.kind, body.name)
 
 
@@ -107,11 +113,13 @@ async def deregister_component(body: Deregistration, bus: Bus) -> JSONResponse:
     responses=REGISTER,
 )
 async def register_broker(body: BrokerRegistration, bus: Bus) -> JSONResponse:
+    """Register a broker (its `uri` is required), or update the one of that name."""
     return await _register(bus, body)
 
 
 @router.post("/broker/heartbeat", response_model=HeartbeatResponse, responses=BEAT)
 async def broker_heartbeat(body: HeartbeatRequest, request: Request, bus: Bus) -> JSONResponse:
+    """A broker's beat; an unknown broker is a 404 with `Retry-After`: register again."""
     return await _heartbeat(bus, request, "broker", body)
 
 
@@ -125,4 +133,5 @@ async def list_brokers(
 
 @router.delete("/broker/deregister", response_model=RegistrationResponse, responses=COMMAND)
 async def deregister_broker(body: NamedDeregistration, bus: Bus) -> JSONResponse:
+    """Mark a broker offline."""
     return await _deregister(bus, "broker", body.name)

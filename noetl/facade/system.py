@@ -27,6 +27,7 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", responses=UNAVAILABLE)
 async def ready(request: Request) -> JSONResponse:
+    """The facade is connected to the bus and can take requests (503 while it is not)."""
     if not request.app.state.bus.connected:
         return unavailable("the message bus is not reachable")
     return JSONResponse({"status": "ready", "bus": "connected"})

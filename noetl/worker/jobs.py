@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from noetl.bus.pull import Puller
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_consumer, job_consumer
 from noetl.contracts.jobs import DeadJob, ItemOutcome, Job, ReportKind, StepReport
+from noetl.metrics import JOB_SECONDS, JOBS, JOBS_RUNNING, WORKER_CAPACITY
 from noetl.playbook.steps import Retry
 from noetl.settings import Settings
 from noetl.worker.sandbox import SandboxPool
@@ -36,6 +38,7 @@ from noetl.worker.steps import Outcome, StepFailed, Tools, run_step, task_of
 log = logging.getLogger(__name__)
 
 LEASE_RENEW_FRACTION = 0.5
+ENDINGS: frozenset[ReportKind] = frozenset({"completed", "failed", "exhausted"})  # a job's last report
 STOP_SIGNALS = ("execution_cancelled", "execution_failed")
 
 
@@ -55,6 +58,8 @@ class JobRunner:
         self._running: dict[asyncio.Task[None], str] = {}
         self._slot_free = asyncio.Event()
         self._handing_back = False
+        WORKER_CAPACITY.labels(runtime).set(self.capacity)
+        self._in_use = JOBS_RUNNING.labels(runtime)
 
     async def run(self, stop: asyncio.Event, accepting: Callable[[], bool] = lambda: True) -> None:
         config = job_consumer(
@@ -120,10 +125,12 @@ class JobRunner:
             return
         task = asyncio.ensure_future(self._handle(job, msg, steps))
         self._running[task] = job.execution_id
+        self._in_use.set(len(self._running))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._in_use.set(len(self._running))
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("worker %s: job task failed", self.worker, exc_info=task.exception())
@@ -139,11 +146,14 @@ class JobRunner:
             await msg.ack()
             return
         lease = asyncio.ensure_future(self._renew(msg))
+        started = time.perf_counter()
         try:
             await self._attempts(job, delivery, steps)
             await msg.ack()
+            JOB_SECONDS.labels(self.runtime).observe(time.perf_counter() - started)
         except asyncio.CancelledError:
             if self._handing_back:
+                JOBS.labels(self.runtime, "handed_back").inc()
                 await msg.nak()
                 log.info("worker %s: handed job %s (%s) back", self.worker, job.job_id, job.step)
             else:  # the execution was cancelled or failed elsewhere: nothing more to do
@@ -293,6 +303,8 @@ class JobRunner:
             **fields,
         )
         await self._command(subjects.EXECUTION_REPORT, report.request_id(), report.model_dump(mode="json"))
+        if kind in ENDINGS:
+            JOBS.labels(self.runtime, kind).inc()
 
     async def _command(self, subject: str, request_id: str, payload: dict[str, object]) -> None:
         command = Command(id=request_id, type=subjects.command_type(subject), payload=payload)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 
+from noetl import metrics
 from noetl.bus.connection import Bus, BusUnavailable
 from noetl.children import notify_ready
 from noetl.reach import probe_nats, until_reachable
@@ -52,6 +53,7 @@ async def run_worker(settings: Settings, *, name: str | None, runtime: str, capa
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop, sig)
+    stop_serving = metrics.serve(settings.metrics_host, settings.metrics_port)
     try:
         await pool.start()
         notify_ready()
@@ -65,4 +67,6 @@ async def run_worker(settings: Settings, *, name: str | None, runtime: str, capa
                 name,
             )
     finally:
+        if stop_serving is not None:
+            stop_serving()
         await bus.close()
