@@ -36,9 +36,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from noetl import playbook
 from noetl.bus import subjects
 from noetl.contracts.execution import ExecutionRequest, ExecutionResponse
+from noetl.playbook.document import workload
 
 DSN_ENV = "BENCH_BASELINE_DSN"
 POOL_SIZE_ENV = "BENCH_BASELINE_POOL_SIZE"
@@ -129,7 +129,7 @@ def create_app(dsn: str | None = None, pool_size: int | None = None) -> FastAPI:
             entry = await _lookup(conn, body)
             if isinstance(entry, str):
                 return JSONResponse({"detail": entry}, status_code=404)
-            workload = playbook.workload(entry["payload"], body.parameters, body.merge)
+            context = workload(entry["payload"], body.parameters, body.merge)
             cur = await conn.execute(
                 INSERT_EXECUTION,
                 (
@@ -137,7 +137,7 @@ def create_app(dsn: str | None = None, pool_size: int | None = None) -> FastAPI:
                     entry["path"],
                     entry["version"],
                     body.type,
-                    Jsonb(workload),
+                    Jsonb(context),
                     Jsonb(body.parameters),
                     body.merge,
                     parent.parent_execution_id,

@@ -537,6 +537,9 @@ def run_consumer_role(names: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+PHASES = ("registration", "heartbeats", "listing")
+
+
 class Sampler(threading.Thread):
     """Samples RSS of the processes under test; peaks are kept per phase."""
 
@@ -1062,6 +1065,25 @@ class Bench:
             "dead_letters": self.count_dead_letters(),
         }
 
+    def listing(self) -> dict[str, Any]:
+        """`GET /api/worker/pools` over every seeded pool: one answer, in parts over the bus."""
+        import httpx
+
+        self.sampler.phase = "listing"
+        self.seed_components(self.args.hb_components)
+        started = time.perf_counter()
+        with httpx.Client(timeout=300) as client:
+            response = client.get(f"http://{HOST}:{self.facade_port}/api/worker/pools")
+        seconds = time.perf_counter() - started
+        items = len(response.json()["items"]) if response.status_code == 200 else 0
+        log(f"listing: {response.status_code}, {items:,} pools in {seconds:.2f} s")
+        return {
+            "status": response.status_code,
+            "pools": items,
+            "seconds": round(seconds, 3),
+            "pass": response.status_code == 200 and items >= self.args.hb_components,
+        }
+
     def count_dead_letters(self) -> int:
         import psycopg
 
@@ -1086,11 +1108,12 @@ class Bench:
             result["registration"] = self.registration()
         if not args.skip_heartbeats:
             result["heartbeats"] = self.heartbeats()
+        result["listing"] = self.listing()
         self.sampler.phase = "done"
         result["peak_rss_mb"] = {
             phase: {k: round(v / 2**20, 1) for k, v in sorted(peaks.items())}
             for phase, peaks in self.sampler.peaks.items()
-            if phase in ("registration", "heartbeats")
+            if phase in PHASES
         }
         result["finished"] = datetime.now(UTC).isoformat()
         return result
@@ -1231,11 +1254,15 @@ def render(result: dict[str, Any]) -> str:
                         f"     {t['calls_per_s']:8.1f} {t['rows_per_call']:8.1f} {t['mean_ms']:8.2f}  "
                         f"{t['query'][:80]}"
                     )
+    if listing := result.get("listing"):
+        add("")
+        status, pools, seconds = listing["status"], listing["pools"], listing["seconds"]
+        add(f"   GET /api/worker/pools: {status}, {pools:,} pools in {seconds} s")
     rss = result.get("peak_rss_mb")
     if rss:
         add("")
         add("3. Peak RSS (MB)")
-        phases = [p for p in ("registration", "heartbeats") if p in rss]
+        phases = [p for p in PHASES if p in rss]
         labels = sorted({k for p in phases for k in rss[p]}, key=_rss_order)
         add(f"   {'process':18s}" + "".join(f"{p:>14s}" for p in phases))
         for label in labels:
