@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
+
+from noetl.children import follow_parent
 
 T = TypeVar("T")
 
@@ -21,7 +24,13 @@ def start() -> ProcessPoolExecutor:
     calls this at start-up, so its first registration does not wait for a Python to start."""
     global _pool
     if _pool is None:
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        # The worker dies with this process, also when it is SIGKILLed.
+        _pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=follow_parent,
+            initargs=(os.getpid(),),
+        )
         _pool.submit(int)
     return _pool
 

@@ -30,11 +30,22 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     parent = os.getpid()
 
     def in_child() -> None:
-        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the signal was set
-            os.kill(os.getpid(), sig)
+        _follow(prctl, parent, sig)
 
     return in_child
+
+
+def follow_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """The same, from inside a child that is already running (a process pool's worker, whose
+    start this process does not control): `sig` when `parent` dies."""
+    if sys.platform.startswith("linux"):
+        _follow(ctypes.CDLL(None, use_errno=True).prctl, parent, sig)
+
+
+def _follow(prctl: Callable[..., int], parent: int, sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the signal was set
+        os.kill(os.getpid(), sig)
 
 
 class ReadyPipe:

@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Awaitable
 
 import pytest
-from conftest import Servers, wait_for
+from conftest import Servers, alive, children_of, wait_for
 
 from consumers import process
 from consumers.process import Context, run_process
@@ -82,3 +82,23 @@ async def test_a_cancelled_process_lets_every_consumer_finish_its_stop(
         await task
     assert cancels == {"quick": 1, "slow": 1}
     assert sorted(finished) == ["quick", "slow"]
+
+
+async def test_the_offload_worker_dies_with_a_killed_consumer_process(clean: Servers, processes) -> None:
+    """The catalog consumer reads playbooks in a child process: a SIGKILL of the consumer, which
+    runs no cleanup, once left that child running."""
+    env = {"NOETL_NATS_URL": clean.nats_url, "NOETL_PG_DSN": clean.dsn}
+    consumer = processes.start(["--log-level", "error", "consumer", "catalog"], env)
+
+    async def offload_child() -> set[int]:
+        assert consumer.popen.poll() is None, consumer.output()
+        return children_of(consumer.pid)
+
+    children = await wait_for(offload_child, timeout=60, what="the offload worker to start")
+    consumer.signal(signal.SIGKILL)
+    consumer.wait(10)
+
+    async def gone() -> bool:
+        return not any(alive(pid) for pid in children)
+
+    await wait_for(gone, timeout=20, what=f"the consumer's children {children} to die with it")
