@@ -13,7 +13,7 @@ from noetl.bus.connection import Bus
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
-from noetl.facade import catalog, credentials, dispatch, errors, executions, runtime, system
+from noetl.facade import auth, catalog, credentials, dispatch, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
 from noetl.settings import Settings, get_settings
 
@@ -75,4 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for route in module.router.routes
     ]
     app.router.routes[:0] = sorted(routes, key=_traffic_rank)
+    auth.install(app, settings)
     return app

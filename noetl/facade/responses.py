@@ -68,6 +68,15 @@ def _error(description: str, model: type[BaseModel] = Detail) -> dict[str, Any]:
     return {"model": model, "description": description}
 
 
+AUTH: Responses = {
+    401: {
+        **_error("No bearer token, or one that is not known (when tokens are configured)"),
+        "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    },
+    403: _error("The token's role may not do this"),
+}
+"""A guarded route (`noetl.facade.auth`): every route but `/health` and `/ready`."""
+
 UNAVAILABLE: Responses = {
     503: _error("The bus, or every consumer that could answer, is unreachable; retry after `Retry-After`")
 }
