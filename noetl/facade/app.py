@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from noetl.bus.connection import Bus
+from noetl.bus.connection import Bus, nats_options
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bus = Bus(settings.nats_url, name="noetl-api")
+        bus = Bus(settings.nats_url, "noetl-api", nats_options(settings))
         requester = Requester(bus)
         bus.on_connect(requester.subscribe)
         bus.on_connect(_declare_streams)
