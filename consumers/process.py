@@ -17,7 +17,7 @@ from consumers.outbox import run_relay
 from consumers.sweeper import run_sweeper
 from noetl import metrics
 from noetl.bus import subjects
-from noetl.bus.connection import Bus
+from noetl.bus.connection import Bus, nats_options
 from noetl.children import notify_ready
 from noetl.reach import probe_nats, probe_postgres, until_reachable
 from noetl.settings import Settings
@@ -113,9 +113,9 @@ async def run(
     dsn = settings.database_dsn()
     await until_reachable(lambda: probe_postgres(dsn), log)
     await migrate(dsn)
-    await until_reachable(lambda: probe_nats(settings.nats_url), log)
+    await until_reachable(lambda: probe_nats(settings.nats_url, nats_options(settings)), log)
     async with AsyncExitStack() as stack:
-        bus = Bus(settings.nats_url, name=f"noetl-consumer-{'+'.join(names)}")
+        bus = Bus(settings.nats_url, f"noetl-consumer-{'+'.join(names)}", nats_options(settings))
         await bus.start(wait=True)
         stack.push_async_callback(bus.close)
         pool = await open_pool(dsn, max_size=8)

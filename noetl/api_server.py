@@ -15,6 +15,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from noetl.bus.connection import nats_options
 from noetl.children import notify_ready
 from noetl.facade.app import create_app
 from noetl.reach import probe_nats, until_reachable
@@ -64,7 +65,8 @@ async def _until_ready(server: _Server, app: FastAPI, settings: Settings) -> Non
     async def bus_connected() -> None:
         bus = app.state.bus
         while not bus.connected:
-            await probe_nats(settings.nats_url)  # `Unreachable`, with why, while NATS is away
+            # `Unreachable`, with why, while NATS is away
+            await probe_nats(settings.nats_url, nats_options(settings))
             with contextlib.suppress(TimeoutError):
                 await bus.wait_ready(BUS_SETTLE)
             await asyncio.sleep(0 if bus.connected else 0.2)

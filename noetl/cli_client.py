@@ -457,9 +457,10 @@ def events_watch(
 async def _watch(url: str, options: client.WatchOptions, as_json: bool, timeout: float | None) -> None:
     from nats.js.errors import NotFoundError
 
+    from noetl.bus.connection import nats_options
     from noetl.reach import connect_nats
 
-    nc = await connect_nats(url, name="noetl-events-watch")
+    nc = await connect_nats(url, name="noetl-events-watch", options=nats_options(get_settings()))
     ready = False
     try:
         events = client.watch(nc.jetstream(), options)

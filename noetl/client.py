@@ -22,6 +22,7 @@ import httpx
 from noetl.bus import subjects
 from noetl.bus.envelope import Event
 from noetl.problems import Problem
+from noetl.settings import get_settings
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8083
@@ -60,9 +61,15 @@ def _detail(response: httpx.Response) -> Any:
     return body.get("detail", body) if isinstance(body, dict) else body
 
 
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer $NOETL_API_TOKEN` when a token is set, else nothing."""
+    token = get_settings().api_token
+    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+
 def _call(method: str, url: str, **kwargs: Any) -> Any:
     try:
-        response = httpx.request(method, url, timeout=TIMEOUT, **kwargs)
+        response = httpx.request(method, url, timeout=TIMEOUT, headers=auth_headers(), **kwargs)
     except httpx.TransportError as exc:
         raise Unreachable(f"cannot reach the API at {url}: {exc}") from exc
     if not response.is_success:

@@ -22,6 +22,7 @@ from typing import IO
 
 import platformdirs
 
+from noetl.bus.connection import nats_options
 from noetl.crypto import KEY_SETTING, generate_key
 from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, free_port, require_free
 from noetl.problems import Problem
@@ -158,7 +159,7 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
     external_nats = "NOETL_NATS_URL" in os.environ
     external_pg = bool(settings.pg_dsn or PostgresEnv().dsn())
     if external_nats:
-        asyncio.run(probe_nats(settings.nats_url))
+        asyncio.run(probe_nats(settings.nats_url, nats_options(settings)))
     if external_pg:
         asyncio.run(probe_postgres(settings.database_dsn()))
     require_free(opts.port, "the API", "--port")

@@ -92,14 +92,19 @@ def nats_server_binary() -> str:
 
 class EmbeddedNats:
     """nats-server with JetStream, its store under `store_dir`. `keep_fds` stay open in it (a lock
-    on the data directory lasts as long as the server that uses it)."""
+    on the data directory lasts as long as the server that uses it). `config`: a config file (its
+    users and their permissions, `noetl.bus.permissions`); the address, port and store given here
+    win over the file's."""
 
     STOP_SIGNAL = signal.SIGTERM
 
-    def __init__(self, store_dir: Path, port: int, *, keep_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, store_dir: Path, port: int, *, keep_fds: tuple[int, ...] = (), config: Path | None = None
+    ) -> None:
         self.store_dir = store_dir
         self.port = port
         self.keep_fds = keep_fds
+        self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -113,6 +118,7 @@ class EmbeddedNats:
         self.proc = subprocess.Popen(
             [
                 nats_server_binary(),
+                *(["--config", str(self.config)] if self.config else []),
                 "--addr",
                 HOST,
                 "--port",

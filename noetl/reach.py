@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import nats
 import psycopg
@@ -41,8 +41,15 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
-async def connect_nats(url: str, *, name: str = "noetl", timeout: float = CONNECT_TIMEOUT) -> NATS:
-    """A NATS connection, or `Unreachable` at once (nats-py alone keeps trying, silently)."""
+async def connect_nats(
+    url: str,
+    *,
+    name: str = "noetl",
+    timeout: float = CONNECT_TIMEOUT,
+    options: Mapping[str, Any] | None = None,
+) -> NATS:
+    """A NATS connection, or `Unreachable` at once (nats-py alone keeps trying, silently).
+    `options`: `noetl.bus.connection.nats_options`, who this process is."""
     errors: list[Exception] = []
 
     async def remember(exc: Exception) -> None:
@@ -57,13 +64,14 @@ async def connect_nats(url: str, *, name: str = "noetl", timeout: float = CONNEC
             max_reconnect_attempts=1,  # nats-py gives up only on a positive limit
             reconnect_time_wait=0.1,
             error_cb=remember,
+            **(options or {}),
         )
     except Exception as exc:
         raise Unreachable("NATS", url, _reason(errors[-1] if errors else exc), NATS_SETTING) from None
 
 
-async def probe_nats(url: str) -> None:
-    await (await connect_nats(url, name="noetl-probe")).close()
+async def probe_nats(url: str, options: Mapping[str, Any] | None = None) -> None:
+    await (await connect_nats(url, name="noetl-probe", options=options)).close()
 
 
 def postgres_address(dsn: str) -> str:

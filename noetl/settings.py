@@ -7,6 +7,7 @@ credentials.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
@@ -41,11 +42,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOETL_", extra="ignore")
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # This process's NATS user (`noetl.bus.permissions` says what each part's user may do): a user
+    # and password, or a creds file (JWT and nkey seed). TLS: a CA to trust, and a client
+    # certificate and key when the server asks for one (`noetl.bus.connection.nats_options`).
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_creds: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
     # Replicas of every stream and durable consumer: 3 on a three-node NATS cluster.
     stream_replicas: int = Field(1, ge=1, le=5)
     pg_dsn: str | None = None
     # Comma-separated Fernet keys (`noetl.crypto`): the first seals credentials, all open them.
     credentials_key: SecretStr | None = None
+    # The facade's bearer tokens (`noetl.facade.auth`): role -> sha256 hex digest(s), as JSON, from
+    # a file and/or the variable. None configured: the facade is open, as before.
+    api_tokens_file: Path | None = None
+    api_tokens: SecretStr | None = None
+    # The token the `noetl` client commands send (`Authorization: Bearer ...`).
+    api_token: SecretStr | None = None
 
     api_reply_timeout: float = Field(5.0, gt=0)
     api_max_body_bytes: int = Field(512 * 1024, gt=0)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+
+from noetl.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +26,33 @@ class BusUnavailable(RuntimeError):
     """NATS cannot be reached now; the caller should retry later."""
 
 
+def nats_options(settings: Settings) -> dict[str, Any]:
+    """How this process proves who it is to NATS, and trusts the server: `nats.connect` keywords
+    from `NOETL_NATS_USER`/`NOETL_NATS_PASSWORD` or `NOETL_NATS_CREDS`, and `NOETL_NATS_TLS_*`.
+    Every connection of every part is made with these."""
+    options: dict[str, Any] = {}
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    elif settings.nats_user:
+        options["user"] = settings.nats_user
+        if settings.nats_password is not None:
+            options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(
+            cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+        )
+        if settings.nats_tls_cert:
+            key = str(settings.nats_tls_key) if settings.nats_tls_key else None
+            context.load_cert_chain(str(settings.nats_tls_cert), key)
+        options["tls"] = context
+    return options
+
+
 class Bus:
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.name = name
+        self.options = dict(options or {})
         self.nc: NATS = NATS()
         self._on_connect: list[OnConnect] = []
         self._js: JetStreamContext | None = None
@@ -81,6 +108,7 @@ class Bus:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **self.options,
                 )
                 self.nc = nc
                 break
@@ -100,7 +128,10 @@ class Bus:
         log.info("bus: connected to %s", self.url)
 
     async def _on_error(self, exc: Exception) -> None:
-        log.debug("bus: %s", exc)
+        if "violation" in str(exc).lower():  # a permission or authorization the server refused
+            log.warning("bus: %s", exc)
+        else:
+            log.debug("bus: %s", exc)
 
     async def _on_disconnected(self) -> None:
         log.warning("bus: disconnected from %s", self.url)

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from noetl.bus.connection import Bus
+from noetl.bus.connection import Bus, nats_options
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
-from noetl.facade import catalog, credentials, dispatch, errors, executions, runtime, system
+from noetl.facade import auth, catalog, credentials, dispatch, errors, executions, runtime, system
 from noetl.facade.limits import BodySizeLimit
 from noetl.metrics import HttpMetrics, metrics_endpoint
 from noetl.settings import Settings, get_settings
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bus = Bus(settings.nats_url, name="noetl-api")
+        bus = Bus(settings.nats_url, "noetl-api", nats_options(settings))
         requester = Requester(bus)
         bus.on_connect(requester.subscribe)
         bus.on_connect(_declare_streams)
@@ -76,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for route in module.router.routes
     ]
     app.router.routes[:0] = sorted(routes, key=_traffic_rank)
+    auth.install(app, settings)
     if settings.api_metrics:
-        app.add_middleware(HttpMetrics)  # the outermost: it sees the 413s too
+        app.add_middleware(HttpMetrics)  # the outermost: it sees the 413s and the 401s too
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     return app

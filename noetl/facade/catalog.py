@@ -20,11 +20,14 @@ from noetl.contracts.catalog import (
     PlaybookText,
 )
 from noetl.contracts.fields import NO_NUL_PATTERN
+from noetl.facade.auth import GUARDED
 from noetl.facade.dispatch import Bus, Limit, Offset
 from noetl.facade.limits import StrictJsonRoute
-from noetl.facade.responses import COMMAND, READ, bad_request, not_found
+from noetl.facade.responses import AUTH, COMMAND, READ, bad_request, not_found
 
-router = APIRouter(prefix="/api/catalog", tags=["catalog"], route_class=StrictJsonRoute)
+router = APIRouter(
+    prefix="/api/catalog", tags=["catalog"], route_class=StrictJsonRoute, dependencies=GUARDED, responses=AUTH
+)
 
 Version = Annotated[str, Query(pattern=r"^(latest|[1-9][0-9]{0,8})$", description="a version or `latest`")]
 ResourceType = Annotated[str | None, Query(pattern=NO_NUL_PATTERN, max_length=RESOURCE_TYPE_MAX_LENGTH)]

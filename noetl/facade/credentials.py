@@ -21,9 +21,10 @@ from noetl.contracts.credentials import (
 )
 from noetl.contracts.fields import NO_NUL_PATTERN
 from noetl.crypto import Cipher
+from noetl.facade.auth import GUARDED, Caller, require_admin
 from noetl.facade.dispatch import Bus
 from noetl.facade.limits import StrictJsonRoute
-from noetl.facade.responses import COMMAND, READ, Responses, not_found
+from noetl.facade.responses import AUTH, COMMAND, READ, Responses, not_found
 
 
 class SecretInput(StrictJsonRoute):
@@ -42,7 +43,13 @@ class SecretInput(StrictJsonRoute):
         return handle_quietly
 
 
-router = APIRouter(prefix="/api/credentials", tags=["credentials"], route_class=SecretInput)
+router = APIRouter(
+    prefix="/api/credentials",
+    tags=["credentials"],
+    route_class=SecretInput,
+    dependencies=GUARDED,
+    responses=AUTH,
+)
 
 # Stored text cannot hold NUL: such a name is refused here (422), not in the store.
 Identifier = Annotated[
@@ -86,8 +93,12 @@ async def list_credentials(
     response_model=CredentialRecord | CredentialWithData,
     responses={**READ, **NOT_FOUND, **NO_KEY},
 )
-async def get_credential(identifier: Identifier, bus: Bus, include_data: bool = False) -> Response:
-    """The credential's record; with `include_data=true`, its `data` too, opened."""
+async def get_credential(
+    identifier: Identifier, bus: Bus, caller: Caller, include_data: bool = False
+) -> Response:
+    """The credential's record; with `include_data=true` (admin only), its `data` too, opened."""
+    if include_data:
+        require_admin(caller, "read a credential's data")
     read = CredentialRead.of(identifier, include_data=include_data)
     return await bus.query(subjects.QUERY_CREDENTIALS_GET, read.model_dump())
 

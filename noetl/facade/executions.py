@@ -22,12 +22,15 @@ from noetl.contracts.execution import (
     ExecutionSummary,
 )
 from noetl.contracts.fields import int64
+from noetl.facade.auth import GUARDED
 from noetl.facade.dispatch import Bus, Filter, Offset
 from noetl.facade.errors import outcome_response
 from noetl.facade.limits import StrictJsonRoute
-from noetl.facade.responses import COMMAND, READ, not_found
+from noetl.facade.responses import AUTH, COMMAND, READ, not_found
 
-router = APIRouter(prefix="/api", tags=["executions"], route_class=StrictJsonRoute)
+router = APIRouter(
+    prefix="/api", tags=["executions"], route_class=StrictJsonRoute, dependencies=GUARDED, responses=AUTH
+)
 
 RUN = {**COMMAND, **not_found("Catalog entry not found")}
 NOT_FOUND = {**READ, **not_found("Execution not found")}

@@ -123,6 +123,15 @@ def _answer(description: str, model: type[BaseModel] = Detail, example: Any = No
     return {"model": model, "description": description, "content": {"application/json": {"example": body}}}
 
 
+AUTH: Responses = {
+    401: {
+        **_answer("No bearer token, or one that is not known (when tokens are configured)"),
+        "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    },
+    403: _answer("The token's role may not do this"),
+}
+"""A guarded route (`noetl.facade.auth`): every route but `/health` and `/ready`."""
+
 UNAVAILABLE: Responses = {
     503: _answer("The bus, or every consumer that could answer, is unreachable; retry after `Retry-After`")
 }

@@ -20,11 +20,14 @@ from noetl.contracts.runtime import (
     RuntimeRegistration,
     WorkerPoolRegistration,
 )
+from noetl.facade.auth import GUARDED
 from noetl.facade.dispatch import Bus, Filter, Limit, Offset
 from noetl.facade.limits import StrictJsonRoute
-from noetl.facade.responses import BEAT, COMMAND, READ, bad_request
+from noetl.facade.responses import AUTH, BEAT, COMMAND, READ, bad_request
 
-router = APIRouter(prefix="/api", tags=["runtime"], route_class=StrictJsonRoute)
+router = APIRouter(
+    prefix="/api", tags=["runtime"], route_class=StrictJsonRoute, dependencies=GUARDED, responses=AUTH
+)
 
 REGISTER = {**COMMAND, **bad_request("`uri` is required for server_api and broker")}
 

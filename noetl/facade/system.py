@@ -8,10 +8,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from noetl.bus.requests import QueryUnanswered, Requester
+from noetl.facade.auth import GUARDED
 from noetl.facade.dispatch import ACCEPTED_RETRY_AFTER
 from noetl.facade.errors import outcome_body, outcome_status, unavailable
 from noetl.facade.limits import StrictJsonRoute
-from noetl.facade.responses import READ, UNAVAILABLE, Detail, RequestOutcome, RequestPending, not_found
+from noetl.facade.responses import AUTH, READ, UNAVAILABLE, Detail, RequestOutcome, RequestPending, not_found
 
 router = APIRouter(tags=["system"], route_class=StrictJsonRoute)
 
@@ -37,7 +38,9 @@ async def ready(request: Request) -> JSONResponse:
     "/api/requests/{request_id}",
     tags=["requests"],
     response_model=RequestOutcome,
+    dependencies=GUARDED,
     responses={
+        **AUTH,
         202: {"model": RequestPending, "description": "Not applied yet: ask again after `Retry-After`"},
         **not_found("No request with this id was ever accepted", Detail),
         **READ,

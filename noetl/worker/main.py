@@ -9,7 +9,7 @@ import signal
 import socket
 
 from noetl import metrics
-from noetl.bus.connection import Bus, BusUnavailable
+from noetl.bus.connection import Bus, BusUnavailable, nats_options
 from noetl.children import notify_ready
 from noetl.reach import probe_nats, until_reachable
 from noetl.settings import Settings
@@ -27,8 +27,8 @@ def default_name(settings: Settings) -> str:
 
 async def run_worker(settings: Settings, *, name: str | None, runtime: str, capacity: int) -> None:
     name = name or default_name(settings)
-    await until_reachable(lambda: probe_nats(settings.nats_url), log)
-    bus = Bus(settings.nats_url, name=f"noetl-worker-{name}")
+    await until_reachable(lambda: probe_nats(settings.nats_url, nats_options(settings)), log)
+    bus = Bus(settings.nats_url, f"noetl-worker-{name}", nats_options(settings))
     await bus.start(wait=True)
     pool = WorkerPool(
         bus,
