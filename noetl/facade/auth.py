@@ -202,8 +202,11 @@ def require_admin(caller: Role | None, what: str) -> None:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Guard the app's routes, and name the bearer scheme on each guarded operation."""
+    """Guard the app's routes and, when tokens are configured, name the bearer scheme on each
+    guarded operation (with auth off the document asks for no token, as the facade does not)."""
     app.state.guard = Guard(Tokens.from_settings(settings), app.router.routes)
+    if not app.state.guard.on:
+        return
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
