@@ -33,6 +33,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+auth_app = typer.Typer(help="The secrets of a deployment with auth on.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
 cli_client.add_commands(app)
 
 
@@ -80,6 +82,13 @@ def dev(
     workers: Annotated[
         int, typer.Option(min=0, help="Local worker pools of runtime python to start (0 for none).")
     ] = 1,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            help="Lock every door: API tokens per role, a NATS user per part, the consumers' own "
+            "database role; the secrets are made once, in <data-dir>/credentials (0600).",
+        ),
+    ] = False,
 ) -> None:
     """The whole system on this machine: NATS, PostgreSQL, the consumers, workers and the API.
 
@@ -87,7 +96,9 @@ def dev(
     """
     from noetl.dev import DevOptions, run_dev
 
-    options = DevOptions(data_dir=data_dir, port=port, nats_port=nats_port, pg_port=pg_port, workers=workers)
+    options = DevOptions(
+        data_dir=data_dir, port=port, nats_port=nats_port, pg_port=pg_port, workers=workers, auth=auth
+    )
     raise typer.Exit(run_dev(options))
 
 
@@ -154,14 +165,40 @@ def consumer(
 
 @db_app.command("migrate")
 def migrate() -> None:
-    """Apply the schema migrations that are missing (every consumer also does at start-up)."""
+    """Apply the schema migrations that are missing, as the schema's owner.
+
+    With NOETL_CONSUMER_DB_PASSWORD set, the consumers' role `noetl_consumer` (only reads and
+    writes rows) may log in with it. A consumer on the owner's role also migrates at start-up.
+    """
     from noetl.reach import probe_postgres
     from noetl.store.migrate import migrate as apply
+    from noetl.store.roles import CONSUMER_ROLE
 
-    dsn = get_settings().database_dsn()
+    settings = get_settings()
+    dsn = settings.database_dsn()
     asyncio.run(probe_postgres(dsn))
-    applied = asyncio.run(apply(dsn))
+    password = settings.consumer_db_password
+    applied = asyncio.run(apply(dsn, consumer_password=password.get_secret_value() if password else None))
     typer.echo(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    if password:
+        typer.echo(f"role {CONSUMER_ROLE} may log in (NOETL_CONSUMER_DB_PASSWORD)")
+
+
+@auth_app.command("init")
+def auth_init(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to keep them (made 0700; the files 0600).")
+    ] = Path("secrets"),
+) -> None:
+    """Make a deployment's secrets once (kept on the next call): a token per API role, a NATS
+    user per part, the consumers' database password, and `compose.env` for
+    `docker compose --env-file`."""
+    from noetl.access import COMPOSE_ENV_FILE, TOKENS_FILE, load_or_create, write_private
+
+    access = load_or_create(directory)
+    write_private(directory / COMPOSE_ENV_FILE, access.compose_env())
+    typer.echo(f"tokens per role in {directory / TOKENS_FILE} (send one as NOETL_API_TOKEN)")
+    typer.echo(f"docker compose --env-file {directory / COMPOSE_ENV_FILE} up")
 
 
 @app.command()

@@ -5,6 +5,9 @@ consumers, the worker pools and the API run under a `Supervisor`: a part that di
 with backoff, `ready` is said once every part is, and Ctrl-C or SIGTERM stops the workers and the
 API first (running steps finish), the consumers next, the servers last. The data directory is
 locked while its servers run, so a second `noetl dev` on it is refused at once.
+
+With `--auth` every door is locked (`noetl.access`): the API takes a bearer token per role, each
+part has its own NATS user with only its subjects, and the consumers use their own database role.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from pathlib import Path
 from typing import IO
 
 import platformdirs
+from psycopg.conninfo import make_conninfo
 
+from noetl.access import NATS_CONFIG_FILE, NATS_FILE, TOKENS_FILE, Access, load_or_create, write_private
 from noetl.bus.connection import nats_options
+from noetl.bus.permissions import Part
 from noetl.crypto import KEY_SETTING, generate_key
 from noetl.embedded import HOST, EmbeddedNats, EmbeddedPostgres, free_port, require_free
 from noetl.problems import Problem
 from noetl.reach import probe_nats, probe_postgres
 from noetl.settings import PostgresEnv, get_settings
 from noetl.store.migrate import migrate
+from noetl.store.roles import CONSUMER_ROLE
 from noetl.supervisor import Command, Server, Supervisor
 
 DB_ENV = (
@@ -54,6 +61,7 @@ class DevOptions:
     nats_port: int
     pg_port: int
     workers: int
+    auth: bool = False
 
 
 def credentials_key(data_dir: Path) -> str:
@@ -168,17 +176,24 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
     if not external_pg:
         require_free(opts.pg_port, "PostgreSQL", "--pg-port")
 
+    access = load_or_create(data_dir / "credentials") if opts.auth else None
     signals = Signals()
     supervisor = Supervisor(_say)
     try:
         if external_nats:
             nats_url = settings.nats_url
-            _say(f"NATS         {nats_url} (external)")
+            _say(f"NATS         {nats_url} (external{'; its own users' if access else ''})")
         else:
-            nats = EmbeddedNats(data_dir / "nats", opts.nats_port, keep_fds=(lock_fd,))
+            config = None
+            if access is not None:
+                config = data_dir / "credentials" / NATS_CONFIG_FILE
+                write_private(config, access.nats_server_config())
+            nats = EmbeddedNats(data_dir / "nats", opts.nats_port, keep_fds=(lock_fd,), config=config)
             nats_url = nats.start()
             supervisor.add(Server("nats", nats), started=True)
-            _say(f"NATS         {nats_url} (JetStream store {nats.store_dir})")
+            users = "; a user per part" if access else ""
+            _say(f"NATS         {nats_url} (JetStream store {nats.store_dir}{users})")
+        parts = Parts(access, nats_url)
         if external_pg:
             dsn = settings.database_dsn()
             _say("PostgreSQL   external (NOETL_PG_DSN / POSTGRES_*)")
@@ -187,10 +202,16 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
             dsn = pg.start()
             supervisor.add(Server("postgres", pg), started=True)
             _say(f"PostgreSQL   {dsn} (data {pg.data_dir})")
-        applied = asyncio.run(migrate(dsn))
+            parts.own_database = True
+        password = access.consumer_db_password if access and parts.own_database else None
+        applied = asyncio.run(migrate(dsn, consumer_password=password))
         _say(f"schema       migrated ({len(applied)} new migration(s))")
+        if access is not None:
+            folder = data_dir / "credentials"
+            _say(f"auth         on: a token per role in {folder / TOKENS_FILE} (send one as NOETL_API_TOKEN)")
+            _say(f"auth         a NATS user per part in {folder / NATS_FILE}")
         if not signals.stopping:
-            _start_parts(supervisor, opts, data_dir, nats_url, dsn)
+            _start_parts(supervisor, opts, data_dir, parts, dsn)
             _supervise(supervisor, signals, opts.port)
     finally:
         _say("stopping (Ctrl-C again to stop at once)" if signals.stopping else "stopping")
@@ -199,34 +220,55 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
     return 0
 
 
-def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, nats_url: str, dsn: str) -> None:
+@dataclass
+class Parts:
+    """What each part is given to reach the bus (and, with auth, who it is there)."""
+
+    access: Access | None
+    nats_url: str
+    own_database: bool = False
+
+    def env(self, part: Part) -> dict[str, str]:
+        # Workers get neither the database nor the credentials key; the API seals, consumers open.
+        env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)}
+        env["NOETL_NATS_URL"] = self.nats_url
+        if self.access is not None:
+            if "NOETL_NATS_URL" not in os.environ:  # the embedded server knows the parts' users
+                env |= self.access.nats_env(part)
+            if part == "facade":
+                env["NOETL_API_TOKENS"] = self.access.token_digests()
+        return env
+
+    def database(self, dsn: str) -> str:
+        """The consumers' DSN: their own least-privilege role on a database of our own."""
+        if self.access is None or not self.own_database:
+            return dsn
+        return make_conninfo(dsn, user=CONSUMER_ROLE, password=self.access.consumer_db_password)
+
+
+def _start_parts(supervisor: Supervisor, opts: DevOptions, data_dir: Path, parts: Parts, dsn: str) -> None:
     """The consumers, the worker pools and the API, as `noetl` child processes."""
     from consumers.process import CONSUMER_NAMES
 
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     noetl = [sys.executable, "-m", "noetl.cli", "--log-level", level]
-    # Workers get neither the database nor the credentials key; the API seals, consumers open.
-    bus_env = {k: v for k, v in os.environ.items() if k not in (*DB_ENV, KEY_SETTING)} | {
-        "NOETL_NATS_URL": nats_url
-    }
     key_env = {KEY_SETTING: credentials_key(data_dir)}
     grace = get_settings().worker_grace_seconds
 
     port = free_port()
     consumers = [*noetl, "consumer", *CONSUMER_NAMES, "--metrics-port", str(port)]
-    supervisor.add(
-        Command("consumers", consumers, bus_env | key_env | {"NOETL_PG_DSN": dsn}, tier=1, stop_timeout=30)
-    )
+    consumer_env = parts.env("consumer") | key_env | {"NOETL_PG_DSN": parts.database(dsn)}
+    supervisor.add(Command("consumers", consumers, consumer_env, tier=1, stop_timeout=30))
     _say(f"consumers    {', '.join(CONSUMER_NAMES)} (metrics {_metrics_url(port)})")
     for i in range(opts.workers):
         name = f"local-{i + 1}" if opts.workers > 1 else "local"
         port = free_port()
         argv = [*noetl, "worker", "--name", name, "--metrics-port", str(port)]
-        worker_env = bus_env | {"NOETL_WORKER_DATA_DIR": str(data_dir / "worker")}
+        worker_env = parts.env("worker") | {"NOETL_WORKER_DATA_DIR": str(data_dir / "worker")}
         supervisor.add(Command(f"worker {name}", argv, worker_env, tier=0, stop_timeout=grace + 10))
         _say(f"worker       {name} (runtime python; metrics {_metrics_url(port)})")
     api = [*noetl, "api", "--host", HOST, "--port", str(opts.port)]
-    supervisor.add(Command("api", api, bus_env | key_env, tier=0, stop_timeout=15))
+    supervisor.add(Command("api", api, parts.env("facade") | key_env, tier=0, stop_timeout=15))
 
 
 def _metrics_url(port: int) -> str:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Replicas of every stream and durable consumer: 3 on a three-node NATS cluster.
     stream_replicas: int = Field(1, ge=1, le=5)
     pg_dsn: str | None = None
+    # `noetl db migrate` gives the consumers' least-privilege role (`noetl_consumer`) a login with
+    # this password; consumers then connect as that role (`noetl.store.roles`).
+    consumer_db_password: SecretStr | None = None
     # Comma-separated Fernet keys (`noetl.crypto`): the first seals credentials, all open them.
     credentials_key: SecretStr | None = None
     # The facade's bearer tokens (`noetl.facade.auth`): role -> sha256 hex digest(s), as JSON, from

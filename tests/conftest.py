@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import psycopg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from consumers import process
@@ -38,6 +40,7 @@ from noetl.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from noetl.facade.app import create_app
 from noetl.settings import Settings
 from noetl.store.migrate import migrate
+from noetl.store.roles import CONSUMER_ROLE
 
 STREAMS = (
     subjects.COMMANDS_STREAM,
@@ -75,6 +78,9 @@ TEST_SETTINGS: dict[str, Any] = {
 }
 
 
+CONSUMER_PASSWORD = secrets.token_urlsafe(16)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # The tests decide every setting: nothing leaks in from the shell that runs them.
     for key in list(os.environ):
@@ -97,10 +103,19 @@ class Servers:
 
     @property
     def dsn(self) -> str:
+        """The schema owner's: migrations, and tests that look at or reset the tables."""
         return self.pg.dsn
 
+    @property
+    def consumer_dsn(self) -> str:
+        """The consumers' least-privilege role (`noetl.store.roles`): every consumer the tests run
+        connects as it, so a consumer that needs more than reading and writing rows fails here."""
+        return make_conninfo(self.pg.dsn, user=CONSUMER_ROLE, password=CONSUMER_PASSWORD)
+
     def settings(self, **overrides: Any) -> Settings:
-        return Settings(**{"nats_url": self.nats_url, "pg_dsn": self.dsn, **TEST_SETTINGS, **overrides})
+        return Settings(
+            **{"nats_url": self.nats_url, "pg_dsn": self.consumer_dsn, **TEST_SETTINGS, **overrides}
+        )
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +143,7 @@ def servers(scratch: Path) -> Any:
     try:
         pg.start()
         try:
-            asyncio.run(migrate(pg.dsn))
+            asyncio.run(migrate(pg.dsn, consumer_password=CONSUMER_PASSWORD))
             yield Servers(nats_server, pg, root)
         finally:
             pg.stop()

@@ -367,7 +367,7 @@ async def test_concurrent_registration_with_two_consumer_processes(
     await truncate_domain(servers.dsn)
     env = {
         "NOETL_NATS_URL": servers.nats_url,
-        "NOETL_PG_DSN": servers.dsn,
+        "NOETL_PG_DSN": servers.consumer_dsn,
         "NOETL_CONSUMER_BATCH_SIZE": "8",
     }
     procs = [processes.start(["consumer", "catalog"], env) for _ in range(2)]

@@ -64,7 +64,7 @@ def cli_stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         consumers = procs.start(
             ["--log-level", "warning", "consumer", *CLI_CONSUMERS],
-            {**bus_env, "NOETL_PG_DSN": servers.dsn},
+            {**bus_env, "NOETL_PG_DSN": servers.consumer_dsn},
         )
         port = free_port()
         api = procs.start(["--log-level", "warning", "api", "--port", str(port)], bus_env)

@@ -62,7 +62,7 @@ def scraper(url: str) -> Callable[[str], Awaitable[float]]:
 def process_env(servers: Servers) -> dict[str, str]:
     return {
         "NOETL_NATS_URL": servers.nats_url,
-        "NOETL_PG_DSN": servers.dsn,
+        "NOETL_PG_DSN": servers.consumer_dsn,
         "NOETL_CONSUMER_ACK_WAIT": "5",
         "NOETL_METRICS_POLL_INTERVAL": "0.5",
     }

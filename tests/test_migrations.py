@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -12,8 +14,10 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 from conftest import Servers, noetl_command
+from psycopg.conninfo import make_conninfo
 
-from noetl.store.migrate import migrate, migration_files
+from noetl.store.migrate import SchemaBehind, migrate, migration_files
+from noetl.store.roles import CONSUMER_ROLE, scram_verifier
 
 RUNTIME_TABLES = {"runtime_components", "processed_commands", "events", "dead_letters", "schema_migrations"}
 
@@ -125,3 +129,57 @@ async def test_schema_refuses_an_unknown_kind(fresh_db: str) -> None:
             await conn.execute(
                 "INSERT INTO runtime_components (name, kind, status) VALUES ('n', 'broker', 'x')"
             )
+
+
+# --------------------------------------------------------------------------- the consumers' role
+
+
+def as_consumer(dsn: str, password: str) -> str:
+    return make_conninfo(dsn, user=CONSUMER_ROLE, password=password)
+
+
+async def test_consumer_role_reads_and_writes_rows_and_nothing_more(servers: Servers) -> None:
+    """The session's consumers all run as this role (conftest): here, what it may not do."""
+    async with await psycopg.AsyncConnection.connect(servers.consumer_dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT current_user")
+        assert (await cur.fetchone()) == (CONSUMER_ROLE,)
+        cur = await conn.execute("SELECT count(*) FROM schema_migrations")
+        assert (await cur.fetchone())[0] == len(migration_files())
+        for statement in (
+            "CREATE TABLE intruder (id int)",
+            "DROP TABLE events",
+            "ALTER TABLE events ADD COLUMN intruder int",
+            "TRUNCATE events",
+            "DELETE FROM schema_migrations",
+            "INSERT INTO schema_migrations (version, name) VALUES (9999, 'x')",
+            "CREATE INDEX intruder ON events (event_id)",
+            "CREATE ROLE intruder",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute(statement)
+
+
+async def test_a_consumer_on_its_role_refuses_a_schema_behind(fresh_db: str) -> None:
+    """The owner migrates; the consumers' role passes a current schema, and says what to do when
+    the schema lacks a migration, rather than failing on a DDL statement."""
+    password = secrets.token_urlsafe(12)
+    assert await migrate(fresh_db, consumer_password=password)
+    consumer = as_consumer(fresh_db, password)
+    assert await migrate(consumer) == []
+    async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
+        await conn.execute(
+            "DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)"
+        )
+    with pytest.raises(SchemaBehind, match="run `noetl db migrate` as the schema's owner"):
+        await migrate(consumer)
+
+
+async def test_the_login_password_never_reaches_the_server_in_clear(fresh_db: str) -> None:
+    password = secrets.token_urlsafe(12)
+    await migrate(fresh_db, consumer_password=password)
+    async with await psycopg.AsyncConnection.connect(fresh_db) as conn:
+        cur = await conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (CONSUMER_ROLE,))
+        stored = (await cur.fetchone())[0]
+    assert stored.startswith("SCRAM-SHA-256$4096:") and password not in stored
+    salt = base64.b64decode(stored.split("$")[1].split(":")[1])
+    assert stored == scram_verifier(password, salt=salt)

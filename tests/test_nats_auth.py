@@ -203,7 +203,7 @@ def test_a_playbook_runs_with_every_part_on_its_own_user(
     bus = {"NOETL_NATS_URL": streams.url}
     consumers = processes.start(
         ["consumer", "runtime", "catalog", "execution", "credentials", "outbox"],
-        {**bus, **streams.env("consumer"), "NOETL_PG_DSN": clean.dsn, "NOETL_CREDENTIALS_KEY": key},
+        {**bus, **streams.env("consumer"), "NOETL_PG_DSN": clean.consumer_dsn, "NOETL_CREDENTIALS_KEY": key},
     )
     port = free_port()
     api = processes.start(

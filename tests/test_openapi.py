@@ -42,7 +42,7 @@ def live_url(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         consumers = procs.start(
             ["--log-level", "error", "consumer", "runtime", "catalog", "execution", "credentials", "outbox"],
-            {**bus, "NOETL_PG_DSN": servers.dsn},
+            {**bus, "NOETL_PG_DSN": servers.consumer_dsn},
         )
         port = free_port()
         api = procs.start(["--log-level", "error", "api", "--port", str(port)], bus)

@@ -87,7 +87,7 @@ async def test_a_cancelled_process_lets_every_consumer_finish_its_stop(
 async def test_the_offload_worker_dies_with_a_killed_consumer_process(clean: Servers, processes) -> None:
     """The catalog consumer reads playbooks in a child process: a SIGKILL of the consumer, which
     runs no cleanup, once left that child running."""
-    env = {"NOETL_NATS_URL": clean.nats_url, "NOETL_PG_DSN": clean.dsn}
+    env = {"NOETL_NATS_URL": clean.nats_url, "NOETL_PG_DSN": clean.consumer_dsn}
     consumer = processes.start(["--log-level", "error", "consumer", "catalog"], env)
 
     async def offload_child() -> set[int]:

@@ -257,7 +257,7 @@ async def _status_is(db: Db, name: str, wanted: str) -> bool:
 
 
 def process_env(servers: Servers, **extra: str) -> dict[str, str]:
-    return {"NOETL_NATS_URL": servers.nats_url, "NOETL_PG_DSN": servers.dsn, **extra}
+    return {"NOETL_NATS_URL": servers.nats_url, "NOETL_PG_DSN": servers.consumer_dsn, **extra}
 
 
 async def wait_http(url: str, proc, timeout: float = 30) -> None:

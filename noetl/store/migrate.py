@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import Any
 
 import psycopg
+
+from noetl.problems import Problem
+from noetl.store import roles
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +35,39 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(dsn: str) -> list[int]:
-    """Apply what is missing; returns the versions applied by this call."""
+class SchemaBehind(Problem):
+    """The schema lacks migrations and this role may not apply them (a consumer's own role)."""
+
+
+async def _applied(conn: psycopg.AsyncConnection[Any]) -> set[int] | None:
+    """The versions in the ledger; None before there is one."""
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None
+    cur = await conn.execute("SELECT version FROM schema_migrations")
+    return {row[0] for row in await cur.fetchall()}
+
+
+async def migrate(dsn: str, *, consumer_password: str | None = None) -> list[int]:
+    """Apply what is missing; returns the versions applied by this call. A schema already current
+    needs nothing but the ledger's SELECT, so a consumer's least-privilege role passes here.
+    `consumer_password`: give the consumers' role (`noetl_consumer`) a login with it."""
     applied: list[int] = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
-            await conn.execute(CREATE_LEDGER)
-            cur = await conn.execute("SELECT version FROM schema_migrations")
-            done = {row[0] for row in await cur.fetchall()}
-            for version, name, sql in migration_files():
+            done = await _applied(conn)
+            missing = [m for m in migration_files() if done is None or m[0] not in done]
+            if missing and not await _owns_schema(conn):
+                raise SchemaBehind(
+                    f"the schema lacks migration(s) {[m[0] for m in missing]} and this database role "
+                    "may not apply them: run `noetl db migrate` as the schema's owner"
+                )
+            if done is None:
+                await conn.execute(CREATE_LEDGER)
+                done = set()
+            for version, name, sql in missing:
                 if version in done:
                     continue
                 async with conn.transaction():
@@ -51,6 +78,14 @@ async def migrate(dsn: str) -> list[int]:
                     )
                 log.info("store: applied migration %04d %s", version, name)
                 applied.append(version)
+            if consumer_password is not None:
+                await roles.grant_login(conn, roles.CONSUMER_ROLE, consumer_password)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return applied
+
+
+async def _owns_schema(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cur = await conn.execute("SELECT has_schema_privilege(current_schema(), 'CREATE')")
+    row = await cur.fetchone()
+    return bool(row and row[0])
