@@ -45,6 +45,9 @@ class Access:
     tokens: dict[Role, str]
     nats: dict[Part, NatsLogin]
     consumer_db_password: str
+    # The schema owner's, for a database of the deployment's own (compose); `noetl dev`'s embedded
+    # PostgreSQL trusts its local owner.
+    owner_db_password: str
 
     @classmethod
     def generate(cls) -> Access:
@@ -52,6 +55,7 @@ class Access:
             tokens={role: secrets.token_urlsafe(32) for role in ROLES},
             nats={part: NatsLogin(nats_user(part), secrets.token_urlsafe(24)) for part in PARTS},
             consumer_db_password=secrets.token_urlsafe(24),
+            owner_db_password=secrets.token_urlsafe(24),
         )
 
     def token_digests(self) -> str:
@@ -74,6 +78,7 @@ class Access:
         lines += [
             f"NOETL_API_TOKENS={self.token_digests()}",
             f"NOETL_CONSUMER_DB_PASSWORD={self.consumer_db_password}",
+            f"POSTGRES_PASSWORD={self.owner_db_password}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -81,7 +86,10 @@ class Access:
         return {
             TOKENS_FILE: self.tokens,
             NATS_FILE: {part: {"user": x.user, "password": x.password} for part, x in self.nats.items()},
-            DATABASE_FILE: {"consumer": {"user": CONSUMER_ROLE, "password": self.consumer_db_password}},
+            DATABASE_FILE: {
+                "consumer": {"user": CONSUMER_ROLE, "password": self.consumer_db_password},
+                "owner": {"password": self.owner_db_password},
+            },
         }
 
 
@@ -132,6 +140,7 @@ def _read(paths: dict[str, Path]) -> Access:
                 part: NatsLogin(_text(nats[part]["user"]), _text(nats[part]["password"])) for part in PARTS
             },
             consumer_db_password=_text(documents[DATABASE_FILE]["consumer"]["password"]),
+            owner_db_password=_text(documents[DATABASE_FILE]["owner"]["password"]),
         )
     except (KeyError, TypeError, ValueError):
         folder = next(iter(paths.values())).parent

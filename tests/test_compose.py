@@ -4,18 +4,24 @@ for, the migration runs first, and scaled workers do not share a name."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import typer.main
 import yaml
 
 from consumers.process import CONSUMER_NAMES
+from noetl.access import Access, deployment_nats_config, nats_password_variable, nats_user
 from noetl.cli import app
+from noetl.embedded import EmbeddedNats, free_port
 from noetl.settings import Settings
+from noetl.store.roles import CONSUMER_ROLE
 from noetl.worker.main import default_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +100,68 @@ def test_scaled_workers_take_names_of_their_own() -> None:
     # Without a name each process takes one from its host (a container's own) and pid.
     assert default_name(Settings()) == f"{socket.gethostname()}-{os.getpid()}"
     assert default_name(Settings(worker_name="pool-a")) == "pool-a"
+
+
+# --------------------------------------------------------------------------- auth on
+
+
+PART_OF = {"api": "facade", "worker": "worker"} | {name: "consumer" for name in CONSUMER_NAMES}
+REFERENCE = re.compile(r"^\$\{(?P<name>[A-Z_]+):\?[^}]+\}$")
+
+
+def test_every_part_is_its_own_nats_user_and_every_secret_comes_from_the_environment() -> None:
+    for name, part in PART_OF.items():
+        env = SERVICES[name]["environment"]
+        assert env["NOETL_NATS_USER"] == nats_user(part), name
+        found = REFERENCE.match(env["NOETL_NATS_PASSWORD"])
+        assert found and found["name"] == nats_password_variable(part), (name, env["NOETL_NATS_PASSWORD"])
+    consumer = SERVICES["runtime"]["environment"]
+    assert consumer["POSTGRES_USER"] == CONSUMER_ROLE
+    assert REFERENCE.match(consumer["POSTGRES_PASSWORD"])["name"] == "NOETL_CONSUMER_DB_PASSWORD"
+    assert REFERENCE.match(SERVICES["api"]["environment"]["NOETL_API_TOKENS"])["name"] == "NOETL_API_TOKENS"
+    assert "NOETL_CONSUMER_DB_PASSWORD" in SERVICES["migrate"]["environment"]  # it gives the role a login
+    secrets_ = [
+        (service, key, value)
+        for service, spec in SERVICES.items()
+        for key, value in spec.get("environment", {}).items()
+        if key.endswith(("PASSWORD", "TOKENS"))
+    ]
+    assert all(REFERENCE.match(value) for _, _, value in secrets_), secrets_
+    # What compose asks of the environment is what `noetl auth init` writes, no more, no less.
+    asked = {REFERENCE.match(value)["name"] for _, _, value in secrets_}
+    written = {line.split("=", 1)[0] for line in Access.generate().compose_env().splitlines()}
+    assert asked == written
+
+
+def test_the_nats_users_file_is_the_codes_and_nats_server_takes_it(
+    scratch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nats_service = SERVICES["nats"]
+    mount = next(v for v in nats_service["volumes"] if v.startswith("./deploy/nats/auth.conf:"))
+    config = ROOT / mount.split(":")[0]
+    assert nats_service["command"][:2] == ["--config", mount.split(":")[1]]
+    text = config.read_text()
+    assert text[text.index("authorization {") :] == deployment_nats_config(), (
+        "regenerate deploy/nats/auth.conf"
+    )
+    access = Access.generate()
+    for part, login in access.nats.items():
+        assert (
+            f"${{{nats_password_variable(part)}:?"
+            in nats_service["environment"][nats_password_variable(part)]
+        )
+        monkeypatch.setenv(nats_password_variable(part), login.password)
+    server = EmbeddedNats(scratch_dir / "nats", free_port(), config=config)
+    server.start()
+    try:
+        asyncio.run(_connect_each(server.url, access))
+    finally:
+        server.stop()
+
+
+async def _connect_each(url: str, access: Access) -> None:
+    for login in access.nats.values():
+        nc = await nats.connect(url, user=login.user, password=login.password, allow_reconnect=False)
+        await nc.close()
+    with pytest.raises(Exception, match=r"[Aa]uthorization"):
+        await nats.connect(url, user=nats_user("facade"), password="wrong", allow_reconnect=False)

@@ -136,7 +136,11 @@ def test_dev_refuses_a_second_start_restarts_a_dead_part_and_dies_whole_on_sigki
 
 
 async def test_ctrl_c_lets_a_running_step_finish(clean: Servers, processes: Processes, db: Db) -> None:
-    env = {"NOETL_NATS_URL": clean.nats_url, "NOETL_PG_DSN": clean.consumer_dsn, "NOETL_WORKER_GRACE_SECONDS": "20"}
+    env = {
+        "NOETL_NATS_URL": clean.nats_url,
+        "NOETL_PG_DSN": clean.consumer_dsn,
+        "NOETL_WORKER_GRACE_SECONDS": "20",
+    }
     dev = processes.start(["--log-level", "warning", "dev", "--port", str(free_port())], env)
     api = await asyncio.to_thread(api_url, dev)
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:

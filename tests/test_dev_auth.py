@@ -196,7 +196,7 @@ def test_auth_init_writes_a_deployments_secrets(scratch_dir: Path) -> None:
     variables = dict(line.split("=", 1) for line in compose.splitlines())
     assert sorted(variables) == sorted(
         [f"NOETL_NATS_{part.upper()}_PASSWORD" for part in ("facade", "consumer", "worker", "subscriber")]
-        + ["NOETL_API_TOKENS", "NOETL_CONSUMER_DB_PASSWORD"]
+        + ["NOETL_API_TOKENS", "NOETL_CONSUMER_DB_PASSWORD", "POSTGRES_PASSWORD"]
     )
     assert all(token not in compose for token in tokens.values())  # digests only
     assert all(token not in made.stdout + made.stderr for token in tokens.values())

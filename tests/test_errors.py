@@ -90,7 +90,9 @@ def test_a_consumer_and_a_worker_warn_while_nats_is_unreachable_in_json_too(
     servers: Servers, processes: Processes
 ) -> None:
     url = closed_nats()
-    consumer = processes.start(["consumer", "catalog"], {"NOETL_NATS_URL": url, "NOETL_PG_DSN": servers.consumer_dsn})
+    consumer = processes.start(
+        ["consumer", "catalog"], {"NOETL_NATS_URL": url, "NOETL_PG_DSN": servers.consumer_dsn}
+    )
     worker = processes.start(["worker"], {"NOETL_NATS_URL": url, "NOETL_LOG_FORMAT": "json"})
     expected = f"cannot connect to NATS at {url}: connection refused (set by NOETL_NATS_URL)"
     assert all(expected in line for line in retry_warnings(consumer, 2))
