@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,31 @@ QUICK = {
     "hb_rates": "10000,20000,30000",
     "hb_refine": 0,
 }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A registration run that sets the facade against itself with one feature off (in place of
+    the baseline): the other app's label, how the two are titled, and the least throughput ratio
+    (on/off) that passes."""
+
+    other: str
+    titles: tuple[str, str]
+    target: float
+    env_off: dict[str, str]
+
+
+COMPARISONS = {
+    "metrics": Comparison(
+        "facade-nometrics",
+        ("facade, metrics on", "facade, metrics off"),
+        0.95,
+        {"NOETL_API_METRICS": "false"},
+    ),
+    # The facade with auth checks a bearer token on every request; the other has no tokens.
+    "auth": Comparison("facade-noauth", ("facade, auth on", "facade, auth off"), 0.90, {}),
+}
+TOKEN_ENV = "BENCH_TOKEN"
 
 
 def log(message: str) -> None:
@@ -138,8 +165,10 @@ async def http_load(opts: argparse.Namespace) -> dict[str, Any]:
     warm_end = start + opts.warmup
     end = warm_end + opts.duration
     per_client_keys = max(1, opts.keyspace // opts.concurrency)
+    token = os.environ.get(TOKEN_ENV)
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     head = (
-        f"POST {REGISTER_PATH} HTTP/1.1\r\nHost: {opts.host}:{opts.port}\r\n"
+        f"POST {REGISTER_PATH} HTTP/1.1\r\nHost: {opts.host}:{opts.port}\r\n{authorization}"
         "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     ).encode()
     latencies: list[float] = []
@@ -637,6 +666,7 @@ class Bench:
         self.nats_url = ""
         self.dsn = ""
         self.pgss = False
+        self.token = secrets.token_urlsafe(32)  # the auth comparison's, made for this run
 
     # -- processes ------------------------------------------------------------------------
 
@@ -669,14 +699,17 @@ class Bench:
         if self.args.consumer_launch == "cli" and cli.exists():
             from noetl.embedded import free_port
 
-            metrics = ["--metrics-port", str(free_port())] if self.args.metrics_compare else []
+            metrics = ["--metrics-port", str(free_port())] if self.args.compare == "metrics" else []
             return [str(cli), "--log-level", "warning", "consumer", *names, *metrics]
         return [sys.executable, "-m", "bench.runtime", "--role", "consumer", *names]
 
-    def role(self, role: str, extra: list[str], timeout: float) -> dict[str, Any]:
+    def role(
+        self, role: str, extra: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Run a load generator to completion and return the JSON it prints."""
         argv = [sys.executable, "-m", "bench.runtime", "--role", role, *extra]
-        proc = child(argv, cwd=ROOT, env=self.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = self.base_env() | (env or {})
+        proc = child(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.children.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
@@ -720,12 +753,13 @@ class Bench:
             self.spawn(label, self.consumer_argv(), consumer_env)
         # The facade is given the bus and nothing else: no database credentials.
         self.facade_port = free_port()
-        self.uvicorn(
-            "facade",
-            "noetl.facade.app:create_app",
-            self.facade_port,
-            self.base_env() | {"NOETL_NATS_URL": self.nats_url},
-        )
+        facade_env = self.base_env() | {"NOETL_NATS_URL": self.nats_url}
+        comparison = self.comparison()
+        if args.compare == "auth":
+            from noetl.facade.auth import digest
+
+            facade_env["NOETL_API_TOKENS"] = json.dumps({"admin": digest(self.token)})
+        self.uvicorn("facade", "noetl.facade.app:create_app", self.facade_port, facade_env)
         self.baseline_port = free_port()
         self.uvicorn(
             "baseline",
@@ -739,21 +773,19 @@ class Bench:
             },
         )
         self.ports = {"facade": self.facade_port, "baseline": self.baseline_port}
-        if args.metrics_compare:
-            # The same facade with its metrics off, on the same bus and consumers.
-            self.ports["facade-nometrics"] = free_port()
+        if comparison is not None:
+            # The same facade with the feature off, on the same bus and consumers.
+            self.ports[comparison.other] = free_port()
+            off_env = self.base_env() | {"NOETL_NATS_URL": self.nats_url} | comparison.env_off
             self.uvicorn(
-                "facade-nometrics",
-                "noetl.facade.app:create_app",
-                self.ports["facade-nometrics"],
-                self.base_env() | {"NOETL_NATS_URL": self.nats_url, "NOETL_API_METRICS": "false"},
+                comparison.other, "noetl.facade.app:create_app", self.ports[comparison.other], off_env
             )
         self.sampler.track("orchestrator", os.getpid())
         self.sampler.start()
         self.wait_http(self.facade_port, "/ready", "facade")
         self.wait_http(self.baseline_port, "/health", "baseline")
-        if args.metrics_compare:
-            self.wait_http(self.ports["facade-nometrics"], "/ready", "facade-nometrics")
+        if comparison is not None:
+            self.wait_http(self.ports[comparison.other], "/ready", comparison.other)
         asyncio.run(self.wait_consumers())
         self.check_responses()
 
@@ -825,7 +857,8 @@ class Bench:
         body = {"name": "bench-shape-check", "runtime": "python", "capacity": 1}
         shapes = {}
         for label, port in (("facade", self.facade_port), ("baseline", self.baseline_port)):
-            r = httpx.post(f"http://{HOST}:{port}{REGISTER_PATH}", json=body, timeout=10)
+            url = f"http://{HOST}:{port}{REGISTER_PATH}"
+            r = httpx.post(url, json=body, timeout=10, headers=self.headers(label))
             if r.status_code != 200:
                 raise RuntimeError(f"{label} answered {r.status_code}: {r.text}")
             doc = r.json()
@@ -888,12 +921,25 @@ class Bench:
             "--prefix",
             prefix,
         ]
-        return self.role("http-load", extra, timeout=duration + warmup + 60)
+        env = {TOKEN_ENV: self.token} if self.headers(app) else {}
+        return self.role("http-load", extra, timeout=duration + warmup + 60, env=env)
+
+    def headers(self, app: str) -> dict[str, str]:
+        """What a request to `app` carries: the token, to the facade of the auth comparison."""
+        return (
+            {"Authorization": f"Bearer {self.token}"}
+            if app == "facade" and self.args.compare == "auth"
+            else {}
+        )
+
+    def comparison(self) -> Comparison | None:
+        return COMPARISONS.get(self.args.compare) if self.args.compare else None
 
     def pair(self) -> tuple[str, str]:
         """The two apps the registration rounds alternate: the facade and the baseline, or with
-        `--metrics-compare` the facade with its metrics and without."""
-        return ("facade", "facade-nometrics") if self.args.metrics_compare else ("facade", "baseline")
+        `--compare` the facade with a feature and without."""
+        comparison = self.comparison()
+        return ("facade", comparison.other if comparison else "baseline")
 
     def registration(self) -> dict[str, Any]:
         args = self.args
@@ -953,8 +999,12 @@ class Bench:
         f, b = summary[pair[0]], summary[pair[1]]
         summary["ratio"] = f["throughput"] / b["throughput"] if b["throughput"] else None
         summary["p99_ratio"] = f["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None
-        if args.metrics_compare:  # the cost of metrics: under 5% of the throughput
-            summary["pass"] = bool(summary["ratio"] and summary["ratio"] >= 0.95 and f["non_200"] == 0)
+        if comparison := self.comparison():  # the cost of a feature: the ratio on/off
+            summary["compare"] = args.compare
+            summary["target"] = comparison.target
+            summary["pass"] = bool(
+                summary["ratio"] and summary["ratio"] >= comparison.target and f["non_200"] == 0
+            )
         else:
             summary["pass"] = bool(
                 summary["ratio"]
@@ -1073,7 +1123,9 @@ class Bench:
         self.seed_components(self.args.hb_components)
         started = time.perf_counter()
         with httpx.Client(timeout=300) as client:
-            response = client.get(f"http://{HOST}:{self.facade_port}/api/worker/pools")
+            response = client.get(
+                f"http://{HOST}:{self.facade_port}/api/worker/pools", headers=self.headers("facade")
+            )
         seconds = time.perf_counter() - started
         items = len(response.json()["items"]) if response.status_code == 200 else 0
         log(f"listing: {response.status_code}, {items:,} pools in {seconds:.2f} s")
@@ -1178,10 +1230,10 @@ def render(result: dict[str, Any]) -> str:
             f" {'DB stmt/req':>11s} {'DB xact/req':>11s} {'other load':>10s}   per round"
         )
         baseline_title = f"baseline ({cfg.get('baseline_style', 'tuned')})"
-        compare = "facade-nometrics" in s
+        comparison = COMPARISONS.get(s.get("compare", ""))
         rows = (
-            (("facade", "facade, metrics on"), ("facade-nometrics", "facade, metrics off"))
-            if compare
+            tuple(zip(("facade", comparison.other), comparison.titles, strict=True))
+            if comparison
             else (("facade", "facade (bus)"), ("baseline", baseline_title))
         )
         for app, title in rows:
@@ -1192,10 +1244,11 @@ def render(result: dict[str, Any]) -> str:
                 f"{_fmt_num(x['db_xact_per_request'], 2):>11s} {_fmt_num(x['other_cores'], 2):>10s}"
                 f"   {x['per_round']}"
             )
-        if compare:
+        if comparison:
             add(
-                f"   ratio metrics on/off: throughput {s['ratio']:.3f}x (target >= 0.95x), "
-                f"p99 {s['p99_ratio']:.2f}x: {'PASS' if s['pass'] else 'MISS'}"
+                f"   ratio {s['compare']} on/off: throughput {s['ratio']:.3f}x "
+                f"(target >= {comparison.target}x), p99 {s['p99_ratio']:.2f}x: "
+                f"{'PASS' if s['pass'] else 'MISS'}"
             )
         else:
             add(
@@ -1302,10 +1355,18 @@ def parser() -> argparse.ArgumentParser:
         help="module: consumers.process.run in a subprocess; cli: `noetl consumer ...`",
     )
     g.add_argument(
+        "--compare",
+        choices=sorted(COMPARISONS),
+        help="registration: the facade with a feature against the same facade without, in place of "
+        "the baseline; prints the ratio. metrics: NOETL_API_METRICS on/off (and the consumer serving "
+        "its own); auth: a bearer token checked on every request, or no tokens",
+    )
+    g.add_argument(
         "--metrics-compare",
-        action="store_true",
-        help="registration: the facade with metrics (and the consumer serving them) against the same "
-        "facade without (NOETL_API_METRICS=false), in place of the baseline; prints the ratio",
+        dest="compare",
+        action="store_const",
+        const="metrics",
+        help="the same as --compare metrics",
     )
     g.add_argument("--baseline-pool", type=int, default=16, help="the baseline's connection pool size")
     g.add_argument(

@@ -424,10 +424,13 @@ class WorkersBench:
         res, ctx = st.measure("run", lambda: self.load(args.executions, args.concurrency))
         if spies:
             result["profile"] = st.profile_finish(spies, args.profile_seconds)
+        res_records = list(res["records"])
         result["run"] = self.summarise(res, ctx)
         result["run"]["pass"] = bool(
             result["run"]["throughput"] >= 100 and result["run"]["failed"] == result["run"]["timed_out"] == 0
         )
+        if args.metrics_compare:
+            result["metrics_cost"] = self.metrics_cost(ctx, [int(r[4]) for r in res_records])
         if args.light_executions > 0:
             st.settle(purge_jobs=False, checkpoint=False)
             st.sampler.phase = "light"
@@ -455,6 +458,36 @@ class WorkersBench:
         }
         result["finished"] = datetime.now(UTC).isoformat()
         return result
+
+    def metrics_cost(self, ctx: dict[str, Any], ids: list[int]) -> dict[str, Any]:
+        """CPU of the copies serving metrics against those that do not, in the measured run:
+        workers per job they ran (each job names its worker), consumers per copy (copies share
+        the commands by pulling, about evenly)."""
+        jobs = dict(
+            self.stack.sql(
+                f"SELECT /* {MARK} */ worker, count(*) FROM jobs WHERE execution_id = ANY(%s) "
+                "GROUP BY worker",
+                (ids,),
+            )
+        )
+        cpu = ctx["cpu_s"]
+
+        def per_job(copies: range) -> float | None:
+            ran = sum(jobs.get(f"bench-w{i + 1}", 0) for i in copies)
+            used = sum(cpu.get(f"worker{i + 1}", 0.0) for i in copies)
+            return used * 1000 / ran if ran else None
+
+        n = self.args.workers
+        on, off = per_job(range(0, n, 2)), per_job(range(1, n, 2))
+        consumer_on, consumer_off = cpu.get("consumer", 0.0), cpu.get("consumer2", 0.0)
+        cost = {
+            "worker_cpu_ms_per_job": {"on": _r(on), "off": _r(off)},
+            "worker_ratio": round(on / off, 3) if on and off else None,
+            "consumer_cpu_s": {"on": _r(consumer_on), "off": _r(consumer_off)},
+            "consumer_ratio": round(consumer_on / consumer_off, 3) if consumer_off else None,
+        }
+        log(f"  metrics on/off: workers {cost['worker_ratio']}x CPU/job, consumers {cost['consumer_ratio']}x")
+        return cost
 
     def summarise(self, res: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         records = res.pop("records")
@@ -641,6 +674,12 @@ def render(result: dict[str, Any]) -> str:
         f"{sum(s['errors'].values())}, results read back {s['results_read_back']['checked']} "
         f"({s['results_read_back']['wrong']} wrong), other load {s['host']['other_cores']:.2f} cores"
     )
+    if cost := result.get("metrics_cost"):
+        w, c = cost["worker_cpu_ms_per_job"], cost["consumer_cpu_s"]
+        add(
+            f"   metrics on/off: workers {w['on']} / {w['off']} ms CPU per job = {cost['worker_ratio']}x; "
+            f"consumer copies {c['on']} / {c['off']} s CPU = {cost['consumer_ratio']}x (target <= 1.05x)"
+        )
     add("")
     add("2. Latency (ms)")
     add(f"   {'':36s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'mean':>8s}")
@@ -752,6 +791,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--no-checkpoint", dest="checkpoint", action="store_false", help="no CHECKPOINT before the run"
     )
+    g.add_argument(
+        "--metrics-compare",
+        action="store_true",
+        help="half the workers and one of two consumer copies serve metrics (--metrics-port), the "
+        "others not: prints their CPU per job (workers) and per copy (consumers), on/off",
+    )
     g = p.add_argument_group("load")
     g.add_argument("--executions", type=int, help="executions in the measured run")
     g.add_argument("--warmup-executions", type=int, help="executions before it, not counted")
@@ -785,6 +830,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(run_load(args))))
         return 0
     apply_mode(args, FULL, QUICK)
+    if args.metrics_compare:
+        args.consumer_procs = max(2, args.consumer_procs)
+        args.workers = max(2, args.workers)
     signal.signal(signal.SIGTERM, raise_on_term)
     bench = WorkersBench(args)
     try:
