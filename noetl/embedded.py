@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -180,18 +182,26 @@ class EmbeddedPostgres:
     """A PostgreSQL cluster in `data_dir`, initialised on first use, TCP on 127.0.0.1 only.
 
     `durable=False` turns off fsync for throwaway test clusters. `keep_fds` as for `EmbeddedNats`.
+    `settings`: more server settings (`-c name=value`), e.g. synchronous replication.
     SIGINT is PostgreSQL's fast shutdown: sessions are ended, nothing committed is lost.
     """
 
     STOP_SIGNAL = signal.SIGINT
 
     def __init__(
-        self, data_dir: Path, port: int, *, durable: bool = True, keep_fds: tuple[int, ...] = ()
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        durable: bool = True,
+        keep_fds: tuple[int, ...] = (),
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.durable = durable
         self.keep_fds = keep_fds
+        self.settings = dict(settings or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -237,6 +247,7 @@ class EmbeddedPostgres:
         }
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        settings |= self.settings
         args = [_pg_bin("postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
@@ -255,6 +266,28 @@ class EmbeddedPostgres:
         wait_for_port(self.port, self.proc, "postgres", timeout, log_path)
         self._wait_accepting(timeout)
         return self.dsn
+
+    def standby(self, data_dir: Path, port: int, **options: Any) -> EmbeddedPostgres:
+        """A streaming standby of this running server, copied into `data_dir` by `pg_basebackup`
+        (`-R`: it follows this one until promoted). Start it like any other."""
+        user = _pg_user()
+        data_dir.mkdir(parents=True)
+        data_dir.chmod(0o700)
+        if user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [
+                *(_pg_bin("pg_basebackup"), "-h", HOST, "-p", str(self.port), "-U", "postgres"),
+                *("-D", str(data_dir), "-R", "-X", "stream", "--checkpoint=fast"),
+            ],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+        return EmbeddedPostgres(data_dir, port, **options)
 
     def _wait_accepting(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
