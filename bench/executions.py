@@ -329,6 +329,7 @@ class Stack(Bench):
         self.facade_port = 0
         self.baseline_port = 0
         self.worker_procs: list[subprocess.Popen[bytes]] = []
+        self.metrics_ports: dict[str, int] = {}
 
     def noetl_cli(self) -> list[str]:
         cli = Path(sys.executable).parent / "noetl"
@@ -349,7 +350,14 @@ class Stack(Bench):
             for group in groups:
                 label = "consumer" if len(groups) == 1 else f"consumer-{group[0]}"
                 label += "" if i == 0 else f"{i + 1}"
-                argv = [*self.noetl_cli(), "--log-level", "warning", "consumer", *group, *self.metrics(i)]
+                argv = [
+                    *self.noetl_cli(),
+                    "--log-level",
+                    "warning",
+                    "consumer",
+                    *group,
+                    *self.metrics(i, label),
+                ]
                 self.spawn(label, argv, consumer_env)
         self.facade_port = free_port()
         self.uvicorn("facade", "noetl.facade.app:create_app", self.facade_port, bus_env)
@@ -374,7 +382,7 @@ class Stack(Bench):
                 "python",
                 "--capacity",
                 str(args.capacity),
-                *self.metrics(i),
+                *self.metrics(i, f"worker{i + 1}"),
             ]
             self.worker_procs.append(self.spawn(f"worker{i + 1}", argv, bus_env))
         self.sampler.track("orchestrator", os.getpid())
@@ -383,14 +391,16 @@ class Stack(Bench):
         if self.with_baseline:
             self.wait_http(self.baseline_port, "/health", "baseline")
 
-    def metrics(self, copy: int) -> list[str]:
-        """With `--metrics-compare`, copies 0, 2, ... serve metrics and 1, 3, ... do not: the two
-        halves share the same work in the same run, so their CPU per unit of it is the cost."""
+    def metrics(self, copy: int, label: str) -> list[str]:
+        """With `--metrics-compare`, copies 0, 2, ... serve metrics (on a port kept by label) and
+        1, 3, ... do not: the two halves share the same work in the same run, so their CPU per
+        unit of it is the cost."""
         if not getattr(self.args, "metrics_compare", False) or copy % 2:
             return []
         from noetl.embedded import free_port
 
-        return ["--metrics-port", str(free_port())]
+        self.metrics_ports[label] = free_port()
+        return ["--metrics-port", str(self.metrics_ports[label])]
 
     # -- helpers ----------------------------------------------------------------------------
 

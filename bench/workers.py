@@ -35,6 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.executions import (
     HTTP_ERRORS,
     HttpConn,
@@ -50,6 +53,7 @@ from bench.executions import (
 from bench.runtime import HOST, MARK, db_delta, environment, install_uvloop, log, raise_on_term
 
 RUN_PATH = "/api/executions/run"
+COMPARED_CONSUMER = "consumer-execution"  # `--metrics-compare`: its copy 1 serves metrics, copy 2 not
 PLAYBOOK_PATH = "bench/three_steps"
 ENDINGS = ("execution_complete", "execution_failed", "execution_cancelled")
 STEPS = ("one", "two", "three")
@@ -421,7 +425,13 @@ class WorkersBench:
         spies = st.profile_start(
             args.profile if args.profile_phase == "run" else None, args.profile_seconds, "workers"
         )
+        applied_before = self.applied() if args.metrics_compare else {}
         res, ctx = st.measure("run", lambda: self.load(args.executions, args.concurrency))
+        applied = (
+            {k: v - applied_before.get(k, 0) for k, v in self.applied().items()}
+            if args.metrics_compare
+            else {}
+        )
         if spies:
             result["profile"] = st.profile_finish(spies, args.profile_seconds)
         res_records = list(res["records"])
@@ -430,7 +440,7 @@ class WorkersBench:
             result["run"]["throughput"] >= 100 and result["run"]["failed"] == result["run"]["timed_out"] == 0
         )
         if args.metrics_compare:
-            result["metrics_cost"] = self.metrics_cost(ctx, [int(r[4]) for r in res_records])
+            result["metrics_cost"] = self.metrics_cost(ctx, [int(r[4]) for r in res_records], applied)
         if args.light_executions > 0:
             st.settle(purge_jobs=False, checkpoint=False)
             st.sampler.phase = "light"
@@ -459,14 +469,31 @@ class WorkersBench:
         result["finished"] = datetime.now(UTC).isoformat()
         return result
 
-    def metrics_cost(self, ctx: dict[str, Any], ids: list[int]) -> dict[str, Any]:
+    def applied(self) -> dict[str, int]:
+        """Execution commands applied so far: in all (the store's record of each), and by the
+        execution consumer's copy that serves metrics (its own count)."""
+        total = self.stack.sql(
+            f"SELECT /* {MARK} */ count(*) FROM processed_commands WHERE type LIKE 'execution.%'"
+        )[0][0]
+        port = self.stack.metrics_ports[COMPARED_CONSUMER]
+        text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=10).text
+        mine = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "noetl_commands"
+            for sample in family.samples
+            if sample.name == "noetl_commands_total" and sample.labels.get("outcome") in ("applied", "failed")
+        )
+        return {"total": int(total), "on": int(mine)}
+
+    def metrics_cost(self, ctx: dict[str, Any], ids: list[int], applied: dict[str, int]) -> dict[str, Any]:
         """CPU of the copies serving metrics against those that do not, in the measured run:
-        workers per job they ran (each job names its worker), consumers per copy (copies share
-        the commands by pulling, about evenly)."""
+        workers per job they ran (each job names its pool, `<name>@<host>:<pid>`), the two copies
+        of the execution consumer per command each applied."""
         jobs = dict(
             self.stack.sql(
-                f"SELECT /* {MARK} */ worker, count(*) FROM jobs WHERE execution_id = ANY(%s) "
-                "GROUP BY worker",
+                f"SELECT /* {MARK} */ split_part(worker, '@', 1), count(*) FROM jobs "
+                "WHERE execution_id = ANY(%s) GROUP BY 1",
                 (ids,),
             )
         )
@@ -479,12 +506,15 @@ class WorkersBench:
 
         n = self.args.workers
         on, off = per_job(range(0, n, 2)), per_job(range(1, n, 2))
-        consumer_on, consumer_off = cpu.get("consumer", 0.0), cpu.get("consumer2", 0.0)
+        commands_on, commands_off = applied["on"], applied["total"] - applied["on"]
+        consumer_on = cpu.get(COMPARED_CONSUMER, 0.0) * 1000 / commands_on if commands_on else None
+        consumer_off = cpu.get(f"{COMPARED_CONSUMER}2", 0.0) * 1000 / commands_off if commands_off else None
         cost = {
             "worker_cpu_ms_per_job": {"on": _r(on), "off": _r(off)},
             "worker_ratio": round(on / off, 3) if on and off else None,
-            "consumer_cpu_s": {"on": _r(consumer_on), "off": _r(consumer_off)},
-            "consumer_ratio": round(consumer_on / consumer_off, 3) if consumer_off else None,
+            "consumer_cpu_ms_per_command": {"on": _r(consumer_on), "off": _r(consumer_off)},
+            "consumer_commands": {"on": commands_on, "off": commands_off},
+            "consumer_ratio": round(consumer_on / consumer_off, 3) if consumer_on and consumer_off else None,
         }
         log(f"  metrics on/off: workers {cost['worker_ratio']}x CPU/job, consumers {cost['consumer_ratio']}x")
         return cost
@@ -675,10 +705,11 @@ def render(result: dict[str, Any]) -> str:
         f"({s['results_read_back']['wrong']} wrong), other load {s['host']['other_cores']:.2f} cores"
     )
     if cost := result.get("metrics_cost"):
-        w, c = cost["worker_cpu_ms_per_job"], cost["consumer_cpu_s"]
+        w, c = cost["worker_cpu_ms_per_job"], cost["consumer_cpu_ms_per_command"]
         add(
-            f"   metrics on/off: workers {w['on']} / {w['off']} ms CPU per job = {cost['worker_ratio']}x; "
-            f"consumer copies {c['on']} / {c['off']} s CPU = {cost['consumer_ratio']}x (target <= 1.05x)"
+            f"   metrics on/off, CPU ms: workers {w['on']} / {w['off']} per job = {cost['worker_ratio']}x; "
+            f"execution consumer {c['on']} / {c['off']} per command = {cost['consumer_ratio']}x "
+            "(target <= 1.05x)"
         )
     add("")
     add("2. Latency (ms)")
@@ -830,8 +861,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(run_load(args))))
         return 0
     apply_mode(args, FULL, QUICK)
-    if args.metrics_compare:
-        args.consumer_procs = max(2, args.consumer_procs)
+    if args.metrics_compare:  # two copies of each consumer, each in its own process
+        args.consumer_procs, args.consumer_layout = max(2, args.consumer_procs), "split"
         args.workers = max(2, args.workers)
     signal.signal(signal.SIGTERM, raise_on_term)
     bench = WorkersBench(args)
