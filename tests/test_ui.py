@@ -188,8 +188,8 @@ async def page(console: Console) -> AsyncIterator[Page]:
 
 
 async def shoot(page: Page, name: str) -> None:
+    """A screenshot of the page, when `UI_SCREENSHOTS` names a directory (made by Playwright)."""
     if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
 
 
@@ -201,7 +201,7 @@ async def long_tasks(page: Page) -> dict[str, float]:
 async def measure(page: Page, name: str) -> float | None:
     """The duration (ms) of the page's latest `performance.measure(name)`."""
     return await page.evaluate(
-        "(name) => { const m = performance.getEntriesByName(name); return m.length ? m.at(-1).duration : null; }",
+        "(name) => performance.getEntriesByName(name).at(-1)?.duration ?? null",
         name,
     )
 
@@ -279,17 +279,19 @@ async def test_register_validate_run_and_watch_the_timeline_fill_in(console: Con
     await page.fill("#payload", json.dumps({"gate": str(gate), "who": "console"}))
     await page.click("#run")
     await page.wait_for_url("**/ui/executions/*", timeout=WAIT_MS)
-    wait = page.locator('#timeline tr[data-step="wait"]')
+    wait = page.locator('#timeline .vrow[data-step="wait"]')
     await expect(wait).to_have_attribute("data-status", "running", timeout=WAIT_MS)
     await expect(page.locator('#graph g.node[data-step="wait"]')).to_have_class("node st-running t-python")
-    await expect(page.locator('#timeline tr[data-step="big"]')).to_have_count(0)
+    await expect(page.locator('#timeline .vrow[data-step="big"]')).to_have_count(0)
     gate.touch()  # now the rest arrives live
     await expect(page.locator("#exec-status")).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
-    rows = page.locator("#timeline tbody tr")
+    rows = page.locator("#timeline .vrow:not([hidden])")
     await expect(rows).to_have_count(4)  # start, wait, big, end: `small` was not taken
-    await expect(page.locator("#timeline tbody tr td:nth-child(2)")).to_have_text(["start", "wait", "big", "end"])
+    await expect(page.locator("#timeline .vrow:not([hidden]) > span:nth-child(2)")).to_have_text(
+        ["start", "wait", "big", "end"]
+    )
     await expect(page.locator('#graph g.node[data-step="small"]')).to_have_class("node st-pending t-router")
-    await page.click('#timeline tr[data-step="big"]')
+    await page.click('#timeline .vrow[data-step="big"]')
     await expect(page.locator("#step-result")).to_contain_text('"hello": "console"')
     await expect(page.locator("#step-input")).to_contain_text('"who": "console"')
     await expect(page.locator("#log")).to_contain_text("execution_complete")
@@ -315,15 +317,17 @@ async def test_cancel_a_running_execution_and_run_it_again(console: Console, pag
     running = page.locator(f'#executions tr[data-id="{execution_id}"]')
     await expect(running).to_have_attribute("data-status", "running", timeout=WAIT_MS)
     await running.locator("a").first.click()
-    await expect(page.locator('#timeline tr[data-step="wait"]')).to_have_attribute(
+    await expect(page.locator('#timeline .vrow[data-step="wait"]')).to_have_attribute(
         "data-status", "running", timeout=WAIT_MS
     )
-    await expect(page.locator('#timeline tr[data-step="wait"] td:nth-child(5)')).to_have_text(
+    await expect(page.locator('#timeline .vrow[data-step="wait"] span:nth-child(5)')).to_have_text(
         "1", timeout=WAIT_MS
     )  # its first attempt has started on the worker
     await page.click("#cancel")
     await expect(page.locator("#exec-status")).to_have_attribute("data-status", "cancelled", timeout=WAIT_MS)
-    await expect(page.locator('#timeline tr[data-step="wait"]')).to_have_attribute("data-status", "cancelled")
+    await expect(page.locator('#timeline .vrow[data-step="wait"]')).to_have_attribute(
+        "data-status", "cancelled"
+    )
     await expect(page.locator("#cancel")).to_be_disabled()
 
     # Run again, with a payload that opens no gate: the new run completes.
@@ -364,7 +368,7 @@ async def test_a_thousand_step_execution_renders_and_updates(console: Console, p
     gate = console.root / "gate-thousand"
     execution_id = await console.run("ui/thousand", gate=str(gate))
     await page.goto(f"/ui/executions/{execution_id}")
-    await expect(page.locator('#timeline tr[data-step="wait"]')).to_have_attribute(
+    await expect(page.locator('#timeline .vrow[data-step="wait"]')).to_have_attribute(
         "data-status", "running", timeout=WAIT_MS
     )
     await expect(page.locator("#graph g.node")).to_have_count(total, timeout=WAIT_MS)
@@ -383,7 +387,7 @@ async def test_a_thousand_step_execution_renders_and_updates(console: Console, p
     started = time.monotonic()
     await page.reload()
     await page.wait_for_function(
-        f"document.getElementById('timeline').dataset.drawn === '{total}' && "
+        f"document.getElementById('timeline').dataset.completed === '{total}' && "
         f"document.querySelectorAll('#graph g.node.st-completed').length === {total}",
         timeout=60_000,
     )
@@ -391,9 +395,11 @@ async def test_a_thousand_step_execution_renders_and_updates(console: Console, p
     first_render = await page.evaluate(
         "performance.getEntriesByName('execution:first-render')[0]?.startTime ?? null"
     )
-    await page.locator('#timeline tr[data-step="c9_099"]').scroll_into_view_if_needed()
-    await page.click('#timeline tr[data-step="c9_099"]')
+    # A step far down, chosen in the graph: the timeline scrolls to it.
+    await page.click('#graph g.node[data-step="c9_099"]')
+    await expect(page.locator('#timeline .vrow.selected[data-step="c9_099"]')).to_be_visible()
     await expect(page.locator("#step-detail")).to_contain_text("c9_099")
+    rows_in_dom = await page.locator("#timeline .vrow").count()
     console.record(
         "execution_1000_steps",
         {
@@ -404,6 +410,7 @@ async def test_a_thousand_step_execution_renders_and_updates(console: Console, p
             "reload_to_all_drawn_s": round(reload_s, 2),
             "reload_first_render_ms": round(first_render, 1) if first_render is not None else None,
             "reload": await long_tasks(page),
+            "timeline_rows_in_dom": rows_in_dom,
         },
     )
 
@@ -419,13 +426,24 @@ async def seed_components(console: Console, count: int) -> None:
         publishes = []
         for i in range(first, min(first + 1000, count)):
             registration = RuntimeRegistration(
-                name=f"pool-{i:05d}", runtime="python", capacity=4, hostname="ui-host", pid=i, labels={"zone": "ui"}
+                name=f"pool-{i:05d}",
+                runtime="python",
+                capacity=4,
+                hostname="ui-host",
+                pid=i,
+                labels={"zone": "ui"},
             )
             command = Command(
-                id=new_request_id(), type=subjects.command_type(subjects.RUNTIME_REGISTER), payload=registration.as_payload()
+                id=new_request_id(),
+                type=subjects.command_type(subjects.RUNTIME_REGISTER),
+                payload=registration.as_payload(),
             )
             publishes.append(
-                js.publish(subjects.RUNTIME_REGISTER, command.model_dump_json().encode(), headers={MSG_ID_HEADER: command.id})
+                js.publish(
+                    subjects.RUNTIME_REGISTER,
+                    command.model_dump_json().encode(),
+                    headers={MSG_ID_HEADER: command.id},
+                )
             )
         await asyncio.gather(*publishes)
 
@@ -448,9 +466,13 @@ async def test_a_registry_of_ten_thousand_components(console: Console, page: Pag
     await expect(page.locator("#components")).to_have_attribute("data-count", str(total), timeout=60_000)
     loaded_s = time.monotonic() - started
     drawn = await page.locator(".vrow:not([hidden])").count()
-    await page.wait_for_function("Number(document.getElementById('components').dataset.loads) >= 3", timeout=60_000)
+    await page.wait_for_function(
+        "Number(document.getElementById('components').dataset.loads) >= 3", timeout=60_000
+    )
     await shoot(page, "registry")
-    await page.evaluate("(list => { list.scrollTop = list.scrollHeight; })(document.getElementById('components'))")
+    await page.evaluate(
+        "(list => { list.scrollTop = list.scrollHeight; })(document.getElementById('components'))"
+    )
     await expect(page.locator('.vrow[data-name="w-ui"]')).to_be_visible(timeout=WAIT_MS)
     console.record(
         "registry_10000_components",

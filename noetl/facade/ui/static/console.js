@@ -103,6 +103,51 @@ export function clearError() {
   document.getElementById("error")?.remove();
 }
 
+// A list of fixed-height rows in a scrolling box: only the rows in view (and a few around them)
+// exist, reused as the box scrolls, so its cost is that of a screenful whatever its length.
+// `fill(row, item, index)` writes one row (its `cells` were made once); `render()` redraws now.
+export class VirtualList {
+  constructor(box, { rowHeight = 28, cells, fill, overscan = 8 }) {
+    Object.assign(this, { box, rowHeight, cells, fill, overscan, items: [], pool: [] });
+    this.spacer = el("div", { class: "spacer" });
+    this.rows = el("div", { class: "rows" });
+    box.append(this.spacer, this.rows);
+    this.draw = perFrame(() => this.render());
+    box.addEventListener("scroll", this.draw, { passive: true });
+    window.addEventListener("resize", this.draw);
+  }
+
+  render() {
+    // Read before writing: the reads are then no forced layout of whatever changed this frame.
+    const top = this.box.scrollTop;
+    const height = this.box.clientHeight;
+    if (this.length !== this.items.length) {
+      this.length = this.items.length;
+      this.box.style.setProperty("--n", this.length);
+      this.spacer.style.height = `${this.length * this.rowHeight}px`;
+      this.draw(); // once more, at the box's new height
+    }
+    const first = Math.max(0, Math.floor(top / this.rowHeight) - this.overscan);
+    const count = Math.max(0, Math.min(this.items.length - first, Math.ceil(height / this.rowHeight) + 2 * this.overscan));
+    this.rows.style.transform = `translateY(${first * this.rowHeight}px)`;
+    for (let i = 0; i < Math.max(count, this.pool.length); i++) {
+      if (!this.pool[i]) {
+        this.pool[i] = el("div", { class: "vrow" }, Array.from({ length: this.cells }, () => el("span")));
+        this.rows.append(this.pool[i]);
+      }
+      const row = this.pool[i];
+      row.hidden = i >= count;
+      if (!row.hidden) this.fill(row, this.items[first + i], first + i);
+    }
+  }
+
+  // Scrolls so that item `index` is in the middle of the box.
+  show(index) {
+    this.box.scrollTop = Math.max(0, index * this.rowHeight - this.box.clientHeight / 2);
+    this.render();
+  }
+}
+
 // --------------------------------------------------------------------------- the token
 
 export const token = () => localStorage.getItem(TOKEN_KEY) || "";
@@ -452,9 +497,10 @@ function edgePath(from, to, back) {
 
 const clip = (text, n) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
 
-// Draws `graph` into `container` as one SVG (built as text, set once); returns the node elements
-// by step name, so a page can colour them by status without touching the rest.
-export function drawGraph(container, graph, onSelect) {
+// Draws `graph` into `container` as one SVG (built as text, set once), each node coloured by
+// `statusOf(step)`; returns the node elements by step name, so a page can colour them again
+// without touching the rest.
+export function drawGraph(container, graph, onSelect, statusOf = () => "pending") {
   const { at, width, height, edges } = layout(graph);
   const parts = [
     `<svg class="graph" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`,
@@ -471,7 +517,7 @@ export function drawGraph(container, graph, onSelect) {
     const { x, y } = at.get(node.id);
     const type = node.task ? `${node.type}: ${node.task}` : node.type;
     parts.push(
-      `<g class="node st-pending t-${escape(node.type)}" data-step="${escape(node.id)}" transform="translate(${x},${y})">` +
+      `<g class="node st-${statusOf(node.id)} t-${escape(node.type)}" data-step="${escape(node.id)}" data-type="${escape(node.type)}" transform="translate(${x},${y})">` +
         `<rect width="${NODE_W}" height="${NODE_H}" rx="6"/>` +
         `<text class="name" x="10" y="17">${escape(clip(node.id, 22))}</text>` +
         `<text class="type" x="10" y="33">${escape(clip(type, 26))}</text>` +

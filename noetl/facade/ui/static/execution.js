@@ -2,9 +2,11 @@
 // ran (durations, attempts, items), each step's input, result and error, and its events live from
 // the SSE stream; cancel it, or run it again with a payload.
 //
-// Events are folded into step runs as they come; the DOM is touched once per animation frame, for
-// new runs (appended in bulk) and changed ones only, so a run of a thousand steps stays fluid.
+// Events are folded into step runs as they come; the DOM is touched once per animation frame: the
+// timeline is a virtual list (only the rows in view exist), the graph's nodes change class only
+// when their step changed, so a run of a thousand steps stays fluid.
 import {
+  VirtualList,
   api,
   badge,
   catalogHref,
@@ -22,20 +24,17 @@ import {
 } from "./console.js";
 
 const LOG_LINES = 300;
-const ROWS_PER_FRAME = 400;
 const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 
 const exec = { status: "running", start: null, end: null, path: "", version: "", result: undefined, error: null };
 const seen = new Set();
 const runs = [];
 const latest = new Map(); // step name -> its latest run
-let fresh = []; // runs not drawn yet
-const dirty = new Set();
+const dirty = new Set(); // runs whose graph node may need a new colour
 let logged = [];
 let headerDirty = true;
 let selected = null;
 let graphNodes = new Map();
-let lastRescale = 0;
 let done = 0;
 
 // --------------------------------------------------------------------------- the page
@@ -49,13 +48,8 @@ const again = el("textarea", { id: "payload", rows: 5, spellcheck: "false" });
 const rerun = el("button", { type: "button", id: "rerun", class: "primary", text: "Run again" });
 const actionNote = el("div", { id: "action-note" });
 const graphBox = el("div", { class: "graph-box", id: "graph" }, el("p", { class: "muted", text: "reading the playbook…" }));
-const tbody = el("tbody");
-const timeline = el(
-  "table",
-  { id: "timeline" },
-  el("thead", {}, el("tr", {}, ["#", "step", "type", "status", "attempts", "worker", "started", "duration", "timeline"].map((t) => el("th", { text: t })))),
-  tbody,
-);
+const timeline = el("div", { class: "vlist timeline", id: "timeline" });
+const rows = new VirtualList(timeline, { cells: 9, fill: fillRow });
 const detail = el("div", { id: "step-detail", class: "panel" }, el("p", { class: "muted", text: "Choose a step in the timeline or the graph." }));
 const log = el("div", { class: "log", id: "log" });
 const counter = el("span", { class: "muted", id: "event-count" });
@@ -75,7 +69,12 @@ app.replaceChildren(
     ),
   ),
   el("h2", { text: "Timeline" }),
-  el("div", { class: "timeline-box" }, timeline),
+  el(
+    "div",
+    { class: "vhead timeline" },
+    ["#", "step", "type", "status", "attempts", "worker", "started", "duration", "timeline"].map((t) => el("span", { text: t })),
+  ),
+  timeline,
   el("h2", {}, "Events ", counter),
   log,
 );
@@ -99,11 +98,9 @@ function newRun(step, event) {
     result: undefined,
     error: null,
     events: [],
-    tr: null,
   };
   runs.push(run);
   latest.set(step, run);
-  fresh.push(run);
   return run;
 }
 
@@ -175,45 +172,47 @@ function take(events) {
 
 // --------------------------------------------------------------------------- drawing
 
-function rowOf(run) {
-  const tr = el("tr", { class: "run", "data-step": run.step, "data-n": run.n }, Array.from({ length: 9 }, () => el("td")));
-  tr.children[0].textContent = run.n;
-  tr.children[1].textContent = run.step;
-  tr.children[8].className = "bar";
-  tr.children[8].append(el("div", { class: "track" }, el("div")));
-  tr.addEventListener("click", () => select(run));
-  run.tr = tr;
-  return tr;
-}
-
 function scale() {
   const t0 = Date.parse(exec.start) || runs[0]?.t0 || Date.now();
   const t1 = exec.end ? Date.parse(exec.end) : Date.now();
   return { t0, span: Math.max(1, t1 - t0) };
 }
 
-function placeBar(run, { t0, span }) {
-  const bar = run.tr.children[8].firstChild.firstChild;
+let where = scale();
+
+function fillRow(row, run) {
+  const [n, step, type, status, attempts, worker, started, took, track] = row.children;
+  if (row.dataset.n !== String(run.n)) {
+    row.dataset.n = run.n;
+    row.dataset.step = run.step;
+    n.textContent = run.n;
+    step.textContent = run.step;
+    step.title = run.step;
+    started.textContent = run.start ? new Date(run.start).toLocaleTimeString() : "";
+    if (!track.firstChild) track.append(el("div", { class: "track" }, el("div")));
+  }
+  type.textContent = run.type ?? "";
+  if (row.dataset.status !== run.status) {
+    status.replaceChildren(badge(run.status));
+    row.dataset.status = run.status;
+  }
+  attempts.textContent = run.items ? `${run.attempts || 1} · ${run.items} items` : run.attempts || "";
+  worker.textContent = run.worker ?? "";
+  worker.title = run.worker ?? "";
+  took.textContent = run.duration === null ? "" : fmtDuration(run.duration);
+  row.classList.toggle("selected", run === selected);
+  const bar = track.firstChild.firstChild;
   const end = run.t1 ?? (exec.end ? Date.parse(exec.end) : Date.now());
-  const left = Math.min(100, Math.max(0, ((run.t0 - t0) / span) * 100));
+  const left = Math.min(100, Math.max(0, ((run.t0 - where.t0) / where.span) * 100));
   bar.style.left = `${left}%`;
-  bar.style.width = `${Math.min(100 - left, Math.max(0, ((end - run.t0) / span) * 100))}%`;
+  bar.style.width = `${Math.min(100 - left, Math.max(0, ((end - run.t0) / where.span) * 100))}%`;
   bar.className = `st-${run.status}`;
 }
 
-function fillRow(run, where) {
-  const c = run.tr.children;
-  c[2].textContent = run.type ?? "";
-  if (run.tr.dataset.status !== run.status) {
-    c[3].replaceChildren(badge(run.status));
-    run.tr.dataset.status = run.status;
-  }
-  c[4].textContent = run.items ? `${run.attempts || 1} · ${run.items} items` : run.attempts || "";
-  c[5].textContent = run.worker ?? "";
-  c[6].textContent = run.start ? new Date(run.start).toLocaleTimeString() : "";
-  c[7].textContent = run.duration === null ? "" : fmtDuration(run.duration);
-  placeBar(run, where);
-  graphNodes.get(run.step)?.setAttribute("class", `node st-${latest.get(run.step).status} t-${run.type}${selected?.step === run.step ? " selected" : ""}`);
+function colour(step) {
+  const node = graphNodes.get(step);
+  const wanted = `node st-${latest.get(step).status} t-${node?.dataset.type}${selected?.step === step ? " selected" : ""}`;
+  if (node && node.getAttribute("class") !== wanted) node.setAttribute("class", wanted);
 }
 
 function drawHeader() {
@@ -237,13 +236,14 @@ function drawHeader() {
   cancel.disabled = exec.status !== "running";
 }
 
-function drawLog() {
+let detailShown = null;
+
+function drawLog(follows) {
   if (!logged.length) return;
   const lines = logged.slice(-LOG_LINES).map((e) =>
     el("div", { "data-type": e.type }, `${new Date(e.time).toLocaleTimeString()}  ${e.type}${e.step ? `  ${e.step}` : ""}${e.attempt ? `  attempt ${e.attempt}` : ""}${e.index !== null ? `  item ${e.index}` : ""}${e.worker ? `  ${e.worker}` : ""}${e.error ? `  ${e.error}` : ""}`),
   );
   logged = [];
-  const follows = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.append(...lines);
   while (log.childElementCount > LOG_LINES) log.firstElementChild.remove();
   if (follows) log.scrollTop = log.scrollHeight;
@@ -278,42 +278,44 @@ function drawDetail(run) {
 function select(run) {
   const before = selected;
   selected = run;
-  before?.tr?.classList.remove("selected");
-  run.tr?.classList.add("selected");
   if (before) dirty.add(latest.get(before.step));
   dirty.add(run);
-  drawDetail(run);
+  detailShown = null;
   draw();
 }
 
+timeline.addEventListener("click", (event) => {
+  const row = event.target.closest(".vrow");
+  if (row) select(runs[Number(row.dataset.n) - 1]);
+});
+
 const draw = perFrame(() => {
-  const where = scale();
-  if (fresh.length) {
-    const batch = fresh.slice(0, ROWS_PER_FRAME);
-    fresh = fresh.slice(ROWS_PER_FRAME);
-    const rows = document.createDocumentFragment();
-    for (const run of batch) rows.append(rowOf(run));
-    tbody.append(rows);
-    for (const run of batch) dirty.add(run);
-    if (fresh.length) draw();
+  const follows = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  where = scale();
+  rows.items = runs;
+  rows.render();
+  if (selected && (detailShown !== selected || dirty.has(selected))) {
+    drawDetail(selected);
+    detailShown = selected;
   }
-  const rescale = exec.status !== "running" ? lastRescale !== -1 : performance.now() - lastRescale > 1000;
-  if (rescale) {
-    for (const run of runs) if (run.tr && !dirty.has(run)) placeBar(run, where);
-    lastRescale = exec.status === "running" ? performance.now() : -1;
-  }
-  for (const run of dirty) if (run.tr) fillRow(run, where);
-  for (const run of [...dirty]) if (run.tr) dirty.delete(run);
-  if (selected && selected.tr && selected === latest.get(selected.step)) drawDetail(selected);
+  for (const run of dirty) colour(run.step);
+  dirty.clear();
   if (headerDirty || exec.status === "running") {
     drawHeader();
     headerDirty = false;
   }
-  drawLog();
+  drawLog(follows);
   timeline.dataset.runs = String(runs.length);
-  timeline.dataset.drawn = String(tbody.childElementCount);
   timeline.dataset.completed = String(done);
 });
+
+// Shows step `name`'s latest run in the timeline and its details (for a click in the graph).
+function reveal(name) {
+  const run = latest.get(name);
+  if (!run) return;
+  rows.show(run.n - 1);
+  select(run);
+}
 
 // --------------------------------------------------------------------------- actions
 
@@ -349,12 +351,7 @@ rerun.addEventListener("click", async () => {
 async function drawPlaybook() {
   const segments = exec.path.split("/").map(encodeURIComponent).join("/");
   const entry = await api(`/api/catalog/playbooks/${segments}?version=${encodeURIComponent(exec.version)}`);
-  graphNodes = drawGraph(graphBox, playbookGraph(entry.payload), (step) => {
-    const run = latest.get(step);
-    if (run) select(run);
-  });
-  for (const run of latest.values()) dirty.add(run);
-  draw();
+  graphNodes = drawGraph(graphBox, playbookGraph(entry.payload), reveal, (step) => latest.get(step)?.status ?? "pending");
 }
 
 async function main() {

@@ -1,12 +1,10 @@
 // The registry: every component of one kind, with its status and last heartbeat, read a page at a
 // time from `GET /api/runtime/components` and polled again. The list is virtual: only the rows in
 // view exist in the DOM, so ten thousand components cost what forty do.
-import { ago, api, badge, clearError, el, fmtTime, perFrame, poll, showError } from "./console.js";
+import { VirtualList, ago, api, badge, clearError, el, fmtTime, perFrame, poll, showError } from "./console.js";
 
 const KINDS = ["worker_pool", "broker", "server_api", "scheduler", "monitor"];
 const PAGE = 1000;
-const ROW_H = 28;
-const OVERSCAN = 10;
 const POLL_MS = 2000;
 
 const params = new URLSearchParams(location.search);
@@ -17,10 +15,8 @@ let generation = 0;
 
 const app = document.getElementById("app");
 const summary = el("span", { id: "summary", class: "muted" });
-const list = el("div", { class: "vlist", id: "components" });
-const spacer = el("div", { class: "spacer" });
-const rows = el("div", { class: "rows" });
-list.append(spacer, rows);
+const list = el("div", { class: "vlist registry", id: "components" });
+const rows = new VirtualList(list, { cells: 7, fill });
 const tabs = el(
   "div",
   { class: "row tabs" },
@@ -37,7 +33,7 @@ app.replaceChildren(
   el("div", { class: "row" }, status, summary),
   el(
     "div",
-    { class: "vhead" },
+    { class: "vhead registry" },
     ["name", "status", "runtime", "capacity", "host / pid", "last heartbeat", "labels"].map((t) => el("span", { text: t })),
   ),
   list,
@@ -91,14 +87,22 @@ function reload() {
   poll(load, POLL_MS, reloads.signal);
 }
 
-const pool = [];
-function rowElement(i) {
-  if (!pool[i]) {
-    const cells = Array.from({ length: 7 }, () => el("span"));
-    pool[i] = el("div", { class: "vrow" }, cells);
-    rows.append(pool[i]);
+function fill(row, c, _index) {
+  const [name, state, runtime, capacity, host, beat, labels] = row.children;
+  row.dataset.name = c.name;
+  name.textContent = c.name;
+  name.title = c.name;
+  if (state.dataset.status !== c.status) {
+    state.replaceChildren(badge(c.status));
+    state.dataset.status = c.status;
   }
-  return pool[i];
+  runtime.textContent = c.runtime?.type ?? "";
+  capacity.textContent = c.capacity ?? "";
+  host.textContent = [c.runtime?.hostname, c.runtime?.pid].filter((v) => v !== undefined && v !== null).join(" / ");
+  beat.textContent = ago(c.heartbeat);
+  beat.title = fmtTime(c.heartbeat);
+  beat.dataset.heartbeat = c.heartbeat ?? "";
+  labels.textContent = c.labels ? Object.entries(c.labels).map(([k, v]) => `${k}=${v}`).join(" ") : "";
 }
 
 const draw = perFrame(() => {
@@ -108,36 +112,10 @@ const draw = perFrame(() => {
   summary.textContent =
     `${items.length} ${view.kind}${items.length === 1 ? "" : "s"}: ${ready} ready, ${items.length - ready} not` +
     (loadedAt ? ` · read ${loadedAt.toLocaleTimeString()}` : " · reading…");
-  spacer.style.height = `${items.length * ROW_H}px`;
-  const first = Math.max(0, Math.floor(list.scrollTop / ROW_H) - OVERSCAN);
-  const count = Math.min(items.length - first, Math.ceil(list.clientHeight / ROW_H) + 2 * OVERSCAN);
-  rows.style.transform = `translateY(${first * ROW_H}px)`;
-  const now = Date.now();
-  for (let i = 0; i < Math.max(count, pool.length); i++) {
-    const row = rowElement(i);
-    const c = items[first + i];
-    row.hidden = i >= count || !c;
-    if (row.hidden) continue;
-    const [name, state, runtime, capacity, host, beat, labels] = row.children;
-    row.dataset.name = c.name;
-    name.textContent = c.name;
-    name.title = c.name;
-    if (state.dataset.status !== c.status) {
-      state.replaceChildren(badge(c.status));
-      state.dataset.status = c.status;
-    }
-    runtime.textContent = c.runtime?.type ?? "";
-    capacity.textContent = c.capacity ?? "";
-    host.textContent = [c.runtime?.hostname, c.runtime?.pid].filter((v) => v !== undefined && v !== null).join(" / ");
-    beat.textContent = ago(c.heartbeat, now);
-    beat.title = fmtTime(c.heartbeat);
-    beat.dataset.heartbeat = c.heartbeat ?? "";
-    labels.textContent = c.labels ? Object.entries(c.labels).map(([k, v]) => `${k}=${v}`).join(" ") : "";
-  }
+  rows.items = items;
+  rows.render();
 });
 
-list.addEventListener("scroll", draw, { passive: true });
-window.addEventListener("resize", draw);
 setInterval(draw, 1000); // the heartbeats' ages
 choose({});
 window.addEventListener("unhandledrejection", (event) => showError(event.reason));
