@@ -52,6 +52,7 @@ if CHROMIUM is None:
     )
 
 TOKEN = "ui-operator-token-0c9d2e"
+WORKER_TOKEN = "ui-worker-token-7b1a44"  # components (de)register with the worker role
 SHOTS = os.environ.get("UI_SCREENSHOTS")
 WAIT_MS = 30_000
 LONG_TASKS = """
@@ -149,7 +150,8 @@ async def console(servers: Servers, tmp_path_factory: pytest.TempPathFactory) ->
     await reset_state(servers)
     await reset_jobs(servers)
     root = tmp_path_factory.mktemp("ui")
-    settings = servers.settings(api_tokens=json.dumps({"operator": auth.digest(TOKEN)}))
+    tokens = {"operator": auth.digest(TOKEN), "worker": auth.digest(WORKER_TOKEN)}
+    settings = servers.settings(api_tokens=json.dumps(tokens))
     async with contextlib.AsyncExitStack() as exits:
         consumers = ConsumerTask(list(CONSUMER_NAMES), settings)
         await consumers.start()
@@ -187,10 +189,11 @@ async def page(console: Console) -> AsyncIterator[Page]:
     assert not errors, errors
 
 
-async def shoot(page: Page, name: str) -> None:
+async def shoot(page: Page, name: str, *, full: bool = False) -> None:
     """A screenshot of the page, when `UI_SCREENSHOTS` names a directory (made by Playwright)."""
     if SHOTS:
-        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+        await page.evaluate("window.scrollTo(0, 0)")
+        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=full)
 
 
 async def long_tasks(page: Page) -> dict[str, float]:
@@ -248,6 +251,21 @@ async def test_the_token_is_asked_once_and_the_registry_is_live(console: Console
         await context.close()
 
 
+async def test_a_new_user_runs_the_example_step_by_step(console: Console, page: Page) -> None:
+    await page.goto("/ui")
+    await page.click("text=Catalog")
+    await page.click("#example")
+    await page.click("#register")
+    await page.click("#check a")
+    await expect(page.locator("#graph g.node")).to_have_count(4, timeout=WAIT_MS)
+    await page.fill("#payload", json.dumps({"message": "Hi there"}))
+    await page.click("#run")
+    await expect(page.locator("#exec-status")).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
+    steps = page.locator("#timeline .vrow:not([hidden]) > span:nth-child(2)")
+    await expect(steps).to_have_text(["start", "greet", "shout", "end"])
+    await expect(page.locator("#facts")).to_contain_text("HI THERE!")
+
+
 async def test_register_validate_run_and_watch_the_timeline_fill_in(console: Console, page: Page) -> None:
     document = gated("ui/gated")
     broken = json.loads(json.dumps(document))
@@ -295,7 +313,7 @@ async def test_register_validate_run_and_watch_the_timeline_fill_in(console: Con
     await expect(page.locator("#step-result")).to_contain_text('"hello": "console"')
     await expect(page.locator("#step-input")).to_contain_text('"who": "console"')
     await expect(page.locator("#log")).to_contain_text("execution_complete")
-    await shoot(page, "execution")
+    await shoot(page, "execution", full=True)
 
     await page.goto("/ui/executions")
     listed = page.locator("#executions tbody tr[data-id]")
@@ -469,7 +487,19 @@ async def test_a_registry_of_ten_thousand_components(console: Console, page: Pag
     await page.wait_for_function(
         "Number(document.getElementById('components').dataset.loads) >= 3", timeout=60_000
     )
-    await shoot(page, "registry")
+    # A change among ten thousand shows at the next read.
+    changed = time.monotonic()
+    answer = await console.api.request(
+        "DELETE",
+        "/api/worker/pool/deregister",
+        json={"name": "pool-00003"},
+        headers={"Authorization": f"Bearer {WORKER_TOKEN}"},
+    )
+    assert answer.status_code == 200, answer.text
+    await expect(page.locator('.vrow[data-name="pool-00003"] .badge')).to_have_text(
+        "offline", timeout=WAIT_MS
+    )
+    change_shown_s = time.monotonic() - changed
     await page.evaluate(
         "(list => { list.scrollTop = list.scrollHeight; })(document.getElementById('components'))"
     )
@@ -483,6 +513,10 @@ async def test_a_registry_of_ten_thousand_components(console: Console, page: Pag
             "all_loaded_s": round(loaded_s, 2),
             "first_load_ms": round(await measure(page, "registry:load") or 0, 1),
             "refresh_ms": round(await measure(page, "registry:refresh") or 0, 1),
+            "deregistered_to_shown_s": round(change_shown_s, 2),
             **await long_tasks(page),
         },
     )
+    await page.evaluate("document.getElementById('components').scrollTop = 0")
+    await expect(page.locator('.vrow[data-name="pool-00000"]')).to_be_visible()
+    await shoot(page, "registry")

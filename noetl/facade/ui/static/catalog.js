@@ -4,6 +4,38 @@ import { api, catalogHref, clearError, el, fmtTime, playbookForm, showError } fr
 
 const PAGE = 50;
 let offset = 0;
+// `examples/hello_world.yaml`, for a first try.
+const EXAMPLE = `apiVersion: noetl.io/v1
+kind: Playbook
+metadata:
+  name: hello_world
+  path: examples/hello_world
+workload:
+  message: "Hello World"
+workflow:
+  - step: start
+    next:
+      - step: greet
+  - step: greet
+    type: python
+    code: |
+      def main(message):
+          return {"status": "success", "data": {"message": message}}
+    data:
+      message: "{{ workload.message }}"
+    next:
+      - step: shout
+  - step: shout
+    type: python
+    code: |
+      def main(text):
+          return {"status": "success", "data": {"loud": text.upper() + "!"}}
+    data:
+      text: "{{ greet.data.message }}"
+    next:
+      - step: end
+  - step: end
+`;
 
 const app = document.getElementById("app");
 const yaml = el("textarea", { id: "yaml", rows: 16, spellcheck: "false", placeholder: "apiVersion: noetl.io/v1\nkind: Playbook\n..." });
@@ -29,7 +61,7 @@ app.replaceChildren(
       "section",
       { class: "panel" },
       el("h2", { text: "Register a playbook" }),
-      el("div", { class: "row" }, file),
+      el("div", { class: "row" }, file, el("button", { type: "button", id: "example", class: "link-button", onclick: () => (yaml.value = EXAMPLE), text: "the hello-world example" })),
       yaml,
       playbookForm(yaml, check, () => list().catch(showError)),
       check,
@@ -59,7 +91,7 @@ async function list() {
     ),
   );
   if (!answer.entries.length && !offset) {
-    body.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "Nothing registered yet: paste a playbook (e.g. examples/hello_world.yaml) and register it." })));
+    body.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "Nothing registered yet: paste a playbook, choose its file or take the hello-world example, and register it." })));
   }
   pager.replaceChildren(
     el("button", { type: "button", disabled: offset === 0, onclick: () => turn(-PAGE), text: "← newer" }),
