@@ -51,6 +51,7 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 
+LOOPS = Path(__file__).resolve().parent.parent / "examples" / "loops.yaml"
 TOKEN = "ui-operator-token-0c9d2e"
 WORKER_TOKEN = "ui-worker-token-7b1a44"  # components (de)register with the worker role
 SHOTS = os.environ.get("UI_SCREENSHOTS")
@@ -355,6 +356,21 @@ async def test_cancel_a_running_execution_and_run_it_again(console: Console, pag
     await expect(page.locator("#exec-status")).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
     await page.click('#graph g.node[data-step="big"]')
     await expect(page.locator("#step-result")).to_contain_text('"hello": "again"')
+
+
+async def test_an_iterator_shows_its_items(console: Console, page: Page) -> None:
+    text = LOOPS.read_text()
+    answer = await console.api.post("/api/catalog/register", json={"content": text})
+    assert answer.status_code == 200, answer.text
+    execution_id = await console.run("examples/loops")
+    await page.goto(f"/ui/executions/{execution_id}")
+    await expect(page.locator("#exec-status")).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
+    squares = page.locator('#timeline .vrow[data-step="squares"]')
+    await expect(squares).to_have_attribute("data-status", "completed")
+    await expect(squares.locator("span:nth-child(5)")).to_contain_text("6 items")
+    await expect(page.locator('#graph g.node[data-step="squares"] .type')).to_have_text("iterator: python")
+    await squares.click()
+    await expect(page.locator("#step-result")).to_contain_text('"square": 25')
 
 
 # --------------------------------------------------------------------------- at scale

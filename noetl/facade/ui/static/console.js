@@ -368,7 +368,9 @@ export function playbookGraph(document) {
     if (!step || typeof step !== "object") continue;
     const name = String(step.step ?? step.name ?? "");
     if (!name) continue;
-    nodes.push({ id: name, type: stepType(step, name), task: step.task ?? null });
+    // A workbook step names its task; an iterator's task is an action of some type.
+    const task = typeof step.task === "string" ? step.task : typeof step.task?.type === "string" ? step.task.type : null;
+    nodes.push({ id: name, type: stepType(step, name), task });
     const next = step.next === undefined || step.next === null ? [] : [].concat(step.next);
     for (const item of next) {
       if (typeof item === "string") edges.push({ from: name, to: item, label: "" });

@@ -229,7 +229,7 @@ function drawHeader() {
     el("dt", { text: "duration" }),
     el("dd", { text: fmtDuration(took) }),
     el("dt", { text: "steps" }),
-    el("dd", { id: "step-count", text: `${runs.length} run, ${done} completed` }),
+    el("dd", { id: "step-count", text: `${runs.length} started, ${done} completed` }),
     ...(exec.error ? [el("dt", { text: "error" }), el("dd", { class: "error", text: exec.error })] : []),
     ...(exec.result !== undefined && exec.result !== null ? [el("dt", { text: "result" }), el("dd", {}, el("pre", { text: json(exec.result) }))] : []),
   );
