@@ -288,6 +288,7 @@ def _supervise(supervisor: Supervisor, signals: Signals, port: int) -> None:
                     f"API          http://{HOST}:{port}  (docs: http://{HOST}:{port}/docs, "
                     f"metrics: {_metrics_url(port)})"
                 )
+                _say(f"console      http://{HOST}:{port}/ui")
                 _say("ready; Ctrl-C stops everything")
                 announced = True
             elif time.monotonic() >= note_at:

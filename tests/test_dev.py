@@ -94,6 +94,11 @@ def test_dev_refuses_a_second_start_restarts_a_dead_part_and_dies_whole_on_sigki
         pools = client.get("/api/worker/pools").json()["items"]
         assert [(p["name"], p["status"]) for p in pools] == [("local", "ready")]
         assert client.get("/ready").status_code == 200
+        # The web console's URL is printed, and its page is there.
+        console = re.search(r"console +(http://\S+)", dev.output())
+        assert console and console.group(1) == f"{api}/ui", dev.output()
+        page = client.get(console.group(1))
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         hello = (Path(__file__).resolve().parent.parent / "examples" / "hello_world.yaml").read_text()
         assert client.post("/api/catalog/register", json={"content": hello}).status_code == 200
         eid = client.post("/api/executions/run", json={"path": "examples/hello_world"}).json()["execution_id"]

@@ -598,6 +598,25 @@ async def test_runtime_filter_ignores_case(stack: Stack) -> None:
     assert [item["name"] for item in (await pools(stack, runtime="GPU"))["items"]] == ["pool-lower"]
 
 
+async def test_list_components_of_any_kind_a_page_at_a_time(stack: Stack) -> None:
+    for name in ("s2", "s1", "s3"):
+        await register(stack, "/api/runtime/register", name=name, kind="scheduler", runtime="cron")
+    await register(stack, "/api/runtime/register", name="m1", kind="monitor")
+    await register(stack, name="p1", runtime="python")
+
+    schedulers = await pools(stack, "/api/runtime/components", kind="scheduler")
+    assert [i["name"] for i in schedulers["items"]] == ["s1", "s2", "s3"]
+    assert set(schedulers["items"][0]) == COMPONENT_KEYS
+    page = await pools(stack, "/api/runtime/components", kind="scheduler", limit=2, offset=1)
+    assert [i["name"] for i in page["items"]] == ["s2", "s3"] and page["count"] == 2
+    monitors = await pools(stack, "/api/runtime/components", kind="monitor")
+    assert [i["name"] for i in monitors["items"]] == ["m1"]
+    # Without a kind: the worker pools, as `/api/worker/pools` lists them.
+    assert await pools(stack, "/api/runtime/components") == await pools(stack)
+    unknown = await stack.client.get("/api/runtime/components", params={"kind": "toaster"})
+    assert unknown.status_code == 422
+
+
 async def test_list_empty(stack: Stack) -> None:
     assert await pools(stack) == {"items": [], "count": 0, "runtime": None, "status": None, "error": None}
 
@@ -678,6 +697,7 @@ async def test_openapi_lists_every_runtime_route(stack: Stack) -> None:
         "/api/worker/pool/deregister": {"delete", "post"},
         "/api/worker/pool/heartbeat": {"post"},
         "/api/worker/pools": {"get"},
+        "/api/runtime/components": {"get"},
         "/api/runtime/register": {"post"},
         "/api/runtime/deregister": {"delete"},
         "/api/broker/register": {"post"},

@@ -13,7 +13,7 @@ from noetl.bus.connection import Bus, nats_options
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
-from noetl.facade import auth, catalog, credentials, dispatch, errors, executions, runtime, system
+from noetl.facade import auth, catalog, credentials, dispatch, errors, executions, runtime, system, ui
 from noetl.facade.limits import BodySizeLimit
 from noetl.metrics import HttpMetrics, metrics_endpoint
 from noetl.settings import Settings, get_settings
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for route in module.router.routes
     ]
     app.router.routes[:0] = sorted(routes, key=_traffic_rank)
+    ui.install(app)  # the web console, after the API's routes: a browser's page loads are rare
     auth.install(app, settings)
     if settings.api_metrics:
         app.add_middleware(HttpMetrics)  # the outermost: it sees the 413s and the 401s too

@@ -2,9 +2,9 @@
 
 A token is known by its sha256 digest only (`NOETL_API_TOKENS_FILE`, `NOETL_API_TOKENS`: JSON of
 role -> digest, or role -> list of digests), compared in constant time, and never logged. With no
-token configured the facade is open, as it always was. `/health`, `/ready`, `/api/health` and the
-OpenAPI document (`/openapi.json`, `/docs`) stay open: they say the facade is up and how to call
-it, nothing that needs a role.
+token configured the facade is open, as it always was. `/health`, `/ready`, `/api/health`, the
+OpenAPI document (`/openapi.json`, `/docs`) and the web console's pages (`/ui...`) stay open: they
+say the facade is up and how to call it, nothing that needs a role.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
+from noetl.facade.ui import CONSOLE_PAGES
 from noetl.problems import Problem
 from noetl.settings import Settings
 
@@ -48,6 +49,7 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", "/api/worker/pool/deregister"): REGISTER,
     ("POST", "/api/worker/pool/heartbeat"): REGISTER,
     ("GET", "/api/worker/pools"): READ,
+    ("GET", "/api/runtime/components"): READ,
     ("POST", "/api/runtime/register"): REGISTER,
     ("DELETE", "/api/runtime/deregister"): REGISTER,
     ("POST", "/api/broker/register"): REGISTER,
@@ -74,6 +76,9 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/credentials"): READ,
     ("GET", "/api/credentials/{identifier:path}"): READ,
     ("DELETE", "/api/credentials/{identifier:path}"): ADMIN,
+    # The web console's pages hold no data (their scripts read the API above with the caller's
+    # token); its static files are a mount, not a route.
+    **{("GET", path): OPEN for path in CONSOLE_PAGES},
 }
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")

@@ -94,6 +94,20 @@ async def list_worker_pools(
     return await _list(bus, "worker_pool", runtime, status, limit, offset)
 
 
+@router.get("/runtime/components", response_model=ListResponse, responses=READ)
+async def list_components(
+    bus: Bus,
+    kind: ComponentKind = "worker_pool",
+    runtime: Filter = None,
+    status: Filter = None,
+    limit: Limit = None,
+    offset: Offset = 0,
+) -> Response:
+    """Components of one kind (worker_pool, broker, server_api, scheduler, monitor), ordered by
+    name; every one unless `limit` says how many (from `offset`)."""
+    return await _list(bus, kind, runtime, status, limit, offset)
+
+
 @router.post(
     "/runtime/register",
     response_model=RegistrationResponse,
