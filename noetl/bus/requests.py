@@ -193,7 +193,7 @@ class Requester:
                 return await self.bus.js.publish(subject, data, timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
             except NoStreamResponseError:
                 # No stream took it: a restarted server may have lost a memory stream. Declare, retry once.
-                await ensure_streams(self.bus.js)
+                await ensure_streams(self.bus.js, self.bus.replicas)
                 return await self.bus.js.publish(subject, data, timeout=PUBLISH_ACK_TIMEOUT, headers=headers)
         except (NatsTimeout, NoStreamResponseError, NoRespondersError, APIError) as exc:
             raise BusUnavailable(f"the bus did not accept the command: {exc!r}") from exc

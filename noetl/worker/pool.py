@@ -56,7 +56,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Subscribe for replies, then register (before the first beat), retrying until it takes."""
-        await ensure_streams(self.bus.js)
+        await ensure_streams(self.bus.js, self.bus.replicas)
         await self.requester.subscribe(self.bus)
         await self.bus.nc.subscribe(subjects.heartbeat_unknown("worker_pool", self.name), cb=self._on_unknown)
         retrying = AsyncRetrying(
