@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await requester.close()
             await bus.close()
 
     app = FastAPI(
