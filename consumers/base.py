@@ -195,9 +195,9 @@ class BatchConsumer(ABC):
         The next batch is fetched while this one is applied, so the bus and the store work at
         the same time instead of taking turns.
         """
-        await ensure_streams(self.bus.js)
+        await ensure_streams(self.bus.js, self.bus.replicas)
         config = self.consumer_config()
-        await ensure_consumer(self.bus.js, self.stream, config)
+        await ensure_consumer(self.bus.js, self.stream, config, self.bus.replicas)
         puller = Puller(self.bus.nc, self.stream, self.durable)
         await puller.start()
         log.info("%s: consuming %s", self.durable, config.filter_subject)
@@ -229,8 +229,8 @@ class BatchConsumer(ABC):
     async def _redeclare(self, config: ConsumerConfig) -> None:
         """A restarted server may have lost a memory stream and its consumers: declare them again."""
         try:
-            await ensure_streams(self.bus.js)
-            await ensure_consumer(self.bus.js, self.stream, config)
+            await ensure_streams(self.bus.js, self.bus.replicas)
+            await ensure_consumer(self.bus.js, self.stream, config, self.bus.replicas)
         except Exception as exc:
             log.debug("%s: cannot declare the stream yet: %r", self.durable, exc)
 

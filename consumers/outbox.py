@@ -75,8 +75,8 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and not isinstance(exc, NoStreamResponseError) and (exc.code or 0) < 500
 
 
-async def relay_once(conn: AsyncConnection, publisher: AckedPublisher, since: int) -> Pass:
-    """Publish one batch of queued events from id `since` on."""
+async def relay_once(conn: AsyncConnection, publisher: AckedPublisher, since: int, replicas: int) -> Pass:
+    """Publish one batch of queued events from id `since` on (`replicas`: of a stream declared again)."""
     rows = await outbox.unpublished(conn, BATCH, since)
     max_payload = publisher.nc.max_payload
     refused: list[tuple[dict[str, Any], str]] = []
@@ -102,7 +102,7 @@ async def relay_once(conn: AsyncConnection, publisher: AckedPublisher, since: in
             retry = True
             log.warning("relay: event %s not published yet (%r); retrying", row["event_id"], fate)
             if isinstance(fate, NoStreamResponseError):
-                await _declare_streams(publisher)
+                await _declare_streams(publisher, replicas)
     await outbox.mark_published(conn, published)
     OUTBOX_PUBLISHED.inc(len(published))
     await _set_aside(conn, refused)
@@ -112,9 +112,9 @@ async def relay_once(conn: AsyncConnection, publisher: AckedPublisher, since: in
     return Pass(len(published), len(refused), onward, retry)
 
 
-async def _declare_streams(publisher: AckedPublisher) -> None:
+async def _declare_streams(publisher: AckedPublisher, replicas: int) -> None:
     try:
-        await ensure_streams(publisher.nc.jetstream())
+        await ensure_streams(publisher.nc.jetstream(), replicas)
     except NatsError as exc:
         log.debug("relay: cannot declare the streams yet: %r", exc)
 
@@ -160,12 +160,14 @@ async def _relay(conn: AsyncConnection, bus: Bus, stop: asyncio.Event) -> None:
     publisher = AckedPublisher(bus.nc)
     await publisher.start()
     try:
-        await _relay_until(conn, publisher, stop)
+        await _relay_until(conn, publisher, stop, bus.replicas)
     finally:
         await publisher.stop()
 
 
-async def _relay_until(conn: AsyncConnection, publisher: AckedPublisher, stop: asyncio.Event) -> None:
+async def _relay_until(
+    conn: AsyncConnection, publisher: AckedPublisher, stop: asyncio.Event, replicas: int
+) -> None:
     """Scan from where events may be waiting, as long as there is anything to publish.
 
     Each commit names the lowest event id it added, and every pass starts from the lowest id named
@@ -178,7 +180,7 @@ async def _relay_until(conn: AsyncConnection, publisher: AckedPublisher, stop: a
             since = await _noted(conn, IDLE_WAKE)
             if since is None:
                 since = 0
-        done = await relay_once(conn, publisher, since)
+        done = await relay_once(conn, publisher, since, replicas)
         if done.retry:
             await asyncio.sleep(RETRY_DELAY)
             continue  # from the same place: what was published has left the queue

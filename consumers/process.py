@@ -115,7 +115,7 @@ async def run(
     await migrate(dsn)
     await until_reachable(lambda: probe_nats(settings.nats_url, nats_options(settings)), log)
     async with AsyncExitStack() as stack:
-        bus = Bus(settings.nats_url, f"noetl-consumer-{'+'.join(names)}", nats_options(settings))
+        bus = Bus.of(settings, f"noetl-consumer-{'+'.join(names)}")
         await bus.start(wait=True)
         stack.push_async_callback(bus.close)
         pool = await open_pool(dsn, max_size=8)

@@ -15,8 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +104,21 @@ class EmbeddedNats:
     STOP_SIGNAL = signal.SIGTERM
 
     def __init__(
-        self, store_dir: Path, port: int, *, keep_fds: tuple[int, ...] = (), config: Path | None = None
+        self,
+        store_dir: Path,
+        port: int,
+        *,
+        keep_fds: tuple[int, ...] = (),
+        config: Path | None = None,
+        server_name: str = "noetl",
+        routes: Routes | None = None,
     ) -> None:
         self.store_dir = store_dir
         self.port = port
         self.keep_fds = keep_fds
         self.config = config
+        self.server_name = server_name
+        self.routes = routes
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -129,7 +141,8 @@ class EmbeddedNats:
                 "--store_dir",
                 str(self.store_dir),
                 "--server_name",
-                "noetl",
+                self.server_name,
+                *(self.routes.args() if self.routes else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -144,6 +157,105 @@ class EmbeddedNats:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc, self.STOP_SIGNAL)
+
+    def kill(self) -> None:
+        """SIGKILL: the node is lost as a machine is, nothing flushed, nothing said to its peers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass(frozen=True)
+class Routes:
+    """A node's place in a cluster: the port it takes routes on, and its peers' route ports."""
+
+    cluster: str
+    port: int
+    monitor_port: int
+    peers: tuple[int, ...]
+
+    def args(self) -> list[str]:
+        peers = ",".join(f"nats://{HOST}:{port}" for port in self.peers)
+        return [
+            *("--cluster_name", self.cluster, "--cluster", f"nats://{HOST}:{self.port}"),
+            *("--routes", peers, "--http_port", str(self.monitor_port)),
+        ]
+
+
+class EmbeddedNatsCluster:
+    """`size` nats-servers routed to each other on loopback, JetStream on each with a store of its
+    own: a real cluster (Raft groups, leader elections) on one machine, for the tests that lose a
+    node and the benchmark of what replication costs. Each node dies with this process, as
+    `EmbeddedNats` does. `url` is the comma-separated list `NOETL_NATS_URL` takes."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "noetl") -> None:
+        ports = [free_port() for _ in range(size)]
+        route_ports = [free_port() for _ in range(size)]
+        monitor_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            EmbeddedNats(
+                root / f"n{i}",
+                ports[i],
+                server_name=f"n{i}",
+                routes=Routes(
+                    name, route_ports[i], monitor_ports[i], tuple(p for p in route_ports if p != port)
+                ),
+            )
+            for i, port in enumerate(route_ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def url_from(self, first: int) -> str:
+        """The list with node `first` first, then the others: how a part placed on that node
+        would name its servers."""
+        order = self.nodes[first:] + self.nodes[:first]
+        return ",".join(node.url for node in order)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        [node] = [n for n in self.nodes if n.server_name == server_name]
+        return node
+
+    def start(self, timeout: float = 30) -> str:
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_healthy(timeout)
+        return self.url
+
+    def wait_healthy(self, timeout: float = 30, nodes: list[EmbeddedNats] | None = None) -> None:
+        """Until every running node's `/healthz` answers 200: JetStream is up, its meta leader
+        known, and every stream and consumer replica it holds current."""
+        deadline = time.monotonic() + timeout
+        for node in nodes or [n for n in self.nodes if n.running]:
+            assert node.routes is not None
+            while not _healthy(node.routes.monitor_port):
+                if node.proc is not None and node.proc.poll() is not None:
+                    raise ServerFailed(f"nats-server {node.server_name} exited; see {node.store_dir}")
+                if time.monotonic() > deadline:
+                    raise ServerFailed(f"nats-server {node.server_name} not healthy within {timeout}s")
+                time.sleep(0.1)
+
+    def restart(self, node: EmbeddedNats, timeout: float = 30) -> None:
+        """Start a stopped node again on its ports with its store: it rejoins and catches up."""
+        node.start(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _healthy(monitor_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{monitor_port}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 def _pg_install() -> Path:

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from psycopg.conninfo import conninfo_to_dict
 
 from noetl.problems import Problem
+from noetl.settings import servers_of
 
 NATS_SETTING = "NOETL_NATS_URL"
 PG_SETTING = "NOETL_PG_DSN or POSTGRES_*"
@@ -49,15 +50,17 @@ async def connect_nats(
     options: Mapping[str, Any] | None = None,
 ) -> NATS:
     """A NATS connection, or `Unreachable` at once (nats-py alone keeps trying, silently).
-    `options`: `noetl.bus.connection.nats_options`, who this process is."""
+    `url`: one server or a comma-separated list, any one of them up will do. `options`:
+    `noetl.bus.connection.nats_options`, who this process is."""
     errors: list[Exception] = []
 
     async def remember(exc: Exception) -> None:
         errors.append(exc)
 
     try:
+        servers = servers_of(url)
         return await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=timeout,
             allow_reconnect=False,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from noetl.playbook.document import Limits
@@ -41,6 +41,8 @@ class PostgresEnv(BaseSettings):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOETL_", extra="ignore")
 
+    # One server, or a comma-separated list of a cluster's servers (`servers_of`): a client
+    # connects to any of them that is up and reconnects to any other.
     nats_url: str = "nats://127.0.0.1:4222"
     # This process's NATS user (`noetl.bus.permissions` says what each part's user may do): a user
     # and password, or a creds file (JWT and nkey seed). TLS: a CA to trust, and a client
@@ -112,6 +114,16 @@ class Settings(BaseSettings):
     limit_result_bytes: int = Field(512 * 1024, ge=1024)
     worker_data_dir: str | None = None  # DuckDB files; default: a `noetl` directory under the temp dir
 
+    @field_validator("nats_url")
+    @classmethod
+    def _names_servers(cls, value: str) -> str:
+        servers_of(value)
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return servers_of(self.nats_url)
+
     def playbook_limits(self) -> Limits:
         return Limits(
             max_nodes=self.limit_playbook_values,
@@ -127,6 +139,15 @@ class Settings(BaseSettings):
         if not dsn:
             raise Problem("no database configured: set NOETL_PG_DSN or POSTGRES_HOST")
         return dsn
+
+
+def servers_of(url: str) -> list[str]:
+    """The servers a `NOETL_NATS_URL` names: one URL, or a comma-separated list of a cluster's.
+    nats-py takes a list, but reads a comma list given as one string as one bad URL."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server in {url!r}")
+    return servers
 
 
 def _bad_settings(exc: ValidationError, prefix: str = "NOETL_") -> BadInput:

@@ -38,7 +38,7 @@ from noetl.bus import subjects
 from noetl.crypto import generate_key
 from noetl.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from noetl.facade.app import create_app
-from noetl.settings import Settings
+from noetl.settings import Settings, servers_of
 from noetl.store.migrate import migrate
 from noetl.store.roles import CONSUMER_ROLE
 
@@ -324,7 +324,7 @@ class ConsumerTask:
 async def wait_durables(nats_url: str, timeout: float = 20) -> None:
     """The runtime consumer declares its durables in its fetch loops: wait until both exist, so a
     heartbeat published next is not lost to `DeliverPolicy.NEW`."""
-    client = await nats.connect(nats_url, connect_timeout=5)
+    client = await nats.connect(servers_of(nats_url), connect_timeout=5)
     try:
         js = client.jetstream()
         deadline = time.monotonic() + timeout

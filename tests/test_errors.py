@@ -157,7 +157,7 @@ async def stored_events(url: str, count: int) -> None:
     client = await nats.connect(url, connect_timeout=5)
     try:
         js = client.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(js, 1)
         for i in range(count):
             event = Event(
                 id=f"err-{i}",

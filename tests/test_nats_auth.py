@@ -103,7 +103,7 @@ async def _refused(authed: AuthedNats, user: str, subject: str) -> None:
 @pytest.fixture(scope="module")
 async def streams(authed: AuthedNats) -> AuthedNats:
     async with connected(authed, "facade") as (nc, errors):
-        await ensure_streams(nc.jetstream())  # the facade declares them, as at its start
+        await ensure_streams(nc.jetstream(), 1)  # the facade declares them, as at its start
         assert not errors
     return authed
 

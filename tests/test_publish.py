@@ -17,7 +17,7 @@ from noetl.bus.streams import ensure_streams
 
 @pytest.fixture
 async def publisher(clean: Servers, nc) -> AsyncIterator[AckedPublisher]:
-    await ensure_streams(nc.jetstream())
+    await ensure_streams(nc.jetstream(), 1)
     publisher = AckedPublisher(nc)
     await publisher.start()
     yield publisher

@@ -15,7 +15,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from noetl.settings import Settings
+from noetl.settings import Settings, servers_of
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,29 @@ def nats_options(settings: Settings) -> dict[str, Any]:
 
 
 class Bus:
-    def __init__(self, url: str, name: str, options: Mapping[str, Any] | None = None) -> None:
+    """`url`: one server or a cluster's comma-separated list; nats-py connects to one that is up
+    (in random order, so the clients of a cluster spread over its nodes) and reconnects to any.
+    `replicas`: of every stream and durable consumer this process declares."""
+
+    def __init__(
+        self, url: str, name: str, options: Mapping[str, Any] | None = None, *, replicas: int = 1
+    ) -> None:
         self.url = url
+        self.servers = servers_of(url)
         self.name = name
         self.options = dict(options or {})
+        self.replicas = replicas
         self.nc: NATS = NATS()
         self._on_connect: list[OnConnect] = []
         self._js: JetStreamContext | None = None
         self._js_of: NATS | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, settings: Settings, name: str) -> Bus:
+        """The bus as `settings` name it: its servers, who this process is, the replicas."""
+        return cls(settings.nats_url, name, nats_options(settings), replicas=settings.stream_replicas)
 
     def on_connect(self, hook: OnConnect) -> None:
         """Run `hook` once the first connection is made (subscriptions survive reconnects)."""
@@ -96,7 +109,7 @@ class Bus:
             nc = NATS()
             try:
                 await nc.connect(
-                    self.url,
+                    self.servers,
                     name=self.name,
                     connect_timeout=2,
                     allow_reconnect=True,

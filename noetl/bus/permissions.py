@@ -57,7 +57,7 @@ STREAMS = (
 def _declare_streams(*, update: bool = True) -> tuple[str, ...]:
     """Create the system's streams (an existing one with the same config is left as it is) and,
     with `update`, reconcile a changed config: only parts that own the streams' shape update."""
-    verbs = ("CREATE", "UPDATE") if update else ("CREATE",)
+    verbs = ("CREATE", "UPDATE", "INFO") if update else ("CREATE",)  # INFO: the replicas it had
     return tuple(f"{API}.STREAM.{verb}.{stream}" for verb in verbs for stream in STREAMS)
 
 
@@ -65,6 +65,7 @@ def _pull(stream: str, durable: str = "*") -> tuple[str, ...]:
     """Declare a durable on `stream`, pull from it, ack, nak and renew its messages."""
     return (
         f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"{API}.CONSUMER.INFO.{stream}.{durable}",  # the replicas it had, when declared again
         f"{API}.CONSUMER.CREATE.{stream}.{durable}",
         f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
         f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
@@ -95,7 +96,7 @@ FACADE = Permissions(
         subjects.HEARTBEATS_ALL,
         "noetl.qry.>",
         subjects.ACCEPTED_ALL,
-        f"{API}.STREAM.MSG.GET.{subjects.ACCEPTED_STREAM}",
+        f"{API}.DIRECT.GET.{subjects.ACCEPTED_STREAM}.>",  # any replica answers, leader or not
         *_declare_streams(),
         *_follow(subjects.EVENTS_STREAM),
     ),

@@ -1,7 +1,16 @@
-"""Streams and durable consumers, declared here and reconciled at every start-up."""
+"""Streams and durable consumers, declared here and reconciled at every start-up.
+
+`STREAMS` says what each stream is; how many replicas each has is the deployment's choice
+(`NOETL_STREAM_REPLICAS`, carried by `Bus.replicas`), applied when a stream or a durable consumer
+is declared, and to one that exists with another count: scaled, and logged.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import time
 from typing import get_args
 
 from nats.js import JetStreamContext
@@ -14,10 +23,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from noetl.bus import subjects
 from noetl.contracts.runtime import ComponentKind
+from noetl.problems import Problem
+
+log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW = 120.0
 KEPT = 7 * 24 * 3600.0  # how long a command may wait to be applied, and events stay for replay
@@ -129,13 +141,72 @@ def job_consumer(runtime: str, *, lease: float, max_deliver: int) -> ConsumerCon
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
+def replicated(config: StreamConfig, replicas: int) -> StreamConfig:
+    """`config` with `replicas` copies. A memory stream may have them too: its copies are on
+    other nodes' memory, so a heartbeat stream survives a node lost."""
+    return dataclasses.replace(config, num_replicas=replicas)
+
+
+class ReplicasRefused(Problem):
+    """The server cannot keep the replicas asked for: a single server (not a cluster), or fewer
+    nodes up than replicas."""
+
+
+NOT_CLUSTERED = 10074  # JetStream: replicas > 1 not supported in non-clustered mode
+SCALING = 10126  # JetStream: consumer replica count exceeds its stream's (being scaled up)
+SCALE_WAIT = 60.0  # a stream scaled up catches its new replicas up in seconds on a loaded machine
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int) -> None:
+    """Declare every stream with `replicas` copies; one that exists otherwise is updated (its
+    replicas scaled too: JetStream copies the data to the new peers), and a changed replica count
+    is logged, so a deployment never runs on fewer copies than it asked for without saying so."""
     for config in STREAMS:
+        wanted = replicated(config, replicas)
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+            try:
+                await js.add_stream(wanted)
+            except BadRequestError:
+                await _update_stream(js, wanted)
+        except APIError as exc:
+            if exc.err_code == NOT_CLUSTERED:
+                raise ReplicasRefused(
+                    f"NOETL_STREAM_REPLICAS={replicas}, but the NATS server is not a cluster: "
+                    "set it to 1, or point NOETL_NATS_URL at a cluster"
+                ) from None
+            raise
 
 
-async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
-    await js.add_consumer(stream, config)
+async def _update_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        had = (await js.stream_info(config.name)).config.num_replicas
+    except NotFoundError:  # deleted in between: declare it afresh
+        await js.add_stream(config)
+        return
+    await js.update_stream(config)
+    if had != config.num_replicas:
+        log.warning("stream %s: replicas %s -> %s", config.name, had, config.num_replicas)
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig, replicas: int) -> None:
+    """Declare a durable consumer with `replicas` copies of its state (delivered, acked), so it
+    survives the node that leads it. The server creates it, or updates one whose config differs
+    (its replicas too, since nats-server 2.10). Right after its stream was scaled up the server
+    refuses more replicas than the stream has caught up to: that is waited out."""
+    wanted = dataclasses.replace(config, num_replicas=replicas)
+    try:
+        had = (await js.consumer_info(stream, config.durable_name or "")).config.num_replicas
+    except NotFoundError:
+        had = None
+    deadline = time.monotonic() + SCALE_WAIT
+    while True:
+        try:
+            await js.add_consumer(stream, wanted)
+            break
+        except APIError as exc:
+            if exc.err_code != SCALING or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    if had and had != replicas:  # 0: an older declaration that left it to the stream's count
+        log.warning("consumer %s on %s: replicas %s -> %s", config.durable_name, stream, had, replicas)

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from noetl.bus.connection import Bus, nats_options
+from noetl.bus.connection import Bus
 from noetl.bus.requests import Requester
 from noetl.bus.streams import ensure_streams
 from noetl.crypto import Cipher
@@ -21,7 +21,7 @@ from noetl.settings import Settings, get_settings
 
 async def _declare_streams(bus: Bus) -> None:
     """Streams exist before the first command, so commands wait for consumers that are down."""
-    await ensure_streams(bus.js)
+    await ensure_streams(bus.js, bus.replicas)
 
 
 BUSIEST_PATHS = (
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bus = Bus(settings.nats_url, "noetl-api", nats_options(settings))
+        bus = Bus.of(settings, "noetl-api")
         requester = Requester(bus)
         bus.on_connect(requester.subscribe)
         bus.on_connect(_declare_streams)
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await requester.close()
             await bus.close()
 
     app = FastAPI(

@@ -17,7 +17,7 @@ from noetl.bus.envelope import (
     idempotent_request_id,
     new_request_id,
 )
-from noetl.bus.requests import Answer, Requester
+from noetl.bus.requests import Answer, Late, Requester
 from noetl.contracts.fields import INT64_MAX, NO_NUL_PATTERN
 from noetl.facade.errors import outcome_response
 from noetl.metrics import LATE_REPLIES
@@ -107,21 +107,22 @@ class Dispatcher:
         fingerprinted: dict[str, Any] | None = None,
         recorded: bool = True,
     ) -> JSONResponse:
-        """Publish a command and answer with its outcome, or 202 when the outcome is late.
+        """Publish a command and answer with its outcome, or 202 when the outcome is late, also
+        when the command's fate is unknown (it may be stored: the requester settles it). 503 only
+        when it surely was not published (`NotPublished`): then a retry cannot double it.
         `fingerprinted` stands for the payload in the `Idempotency-Key` check when the payload
         differs at every sending (it holds a freshly sealed secret). A `recorded` command's
         outcome can be fetched later (`Location`), so its id is noted."""
         command = self._command(
             subject, payload, command_type or subjects.command_type(subject), fingerprinted
         )
-        outcome = await self.requester.send(subject, command, self.settings.api_reply_timeout)
+        outcome = await self.requester.send(
+            subject, command, self.settings.api_reply_timeout, recorded=recorded
+        )
         headers = {REQUEST_ID_HEADER: command.id}
-        if outcome is None:
+        if isinstance(outcome, Late):
             LATE_REPLIES.labels(command.type).inc()
-            if not recorded:
-                return accepted(command.id, headers, location=False)
-            await self.requester.note_accepted(command.id)
-            return accepted(command.id, headers)
+            return accepted(command.id, headers, location=recorded)
         return outcome_response(outcome, headers)
 
     async def query(self, subject: str, payload: dict[str, Any]) -> Response:
@@ -148,7 +149,8 @@ async def _chain(head: list[bytes], answer: Answer) -> AsyncIterator[bytes]:
 
 
 def accepted(request_id: str, headers: dict[str, str], *, location: bool = True) -> JSONResponse:
-    """202: the command is stored, its outcome late (at `Location`, unless it keeps none)."""
+    """202: the command is stored, or may be and is being published until it is; its outcome is
+    late (at `Location`, unless it keeps none)."""
     extra = {"Location": f"/api/requests/{request_id}"} if location else {}
     return JSONResponse(
         {"status": "accepted", "request_id": request_id},

@@ -65,7 +65,7 @@ class JobRunner:
         config = job_consumer(
             self.runtime, lease=self.settings.job_lease_seconds, max_deliver=self.settings.job_max_deliver
         )
-        await ensure_consumer(self.bus.js, subjects.JOBS_STREAM, config)
+        await ensure_consumer(self.bus.js, subjects.JOBS_STREAM, config, self.bus.replicas)
         puller = Puller(self.bus.nc, subjects.JOBS_STREAM, config.durable_name)
         await puller.start()
         for signal in STOP_SIGNALS:

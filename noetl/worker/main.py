@@ -28,7 +28,7 @@ def default_name(settings: Settings) -> str:
 async def run_worker(settings: Settings, *, name: str | None, runtime: str, capacity: int) -> None:
     name = name or default_name(settings)
     await until_reachable(lambda: probe_nats(settings.nats_url, nats_options(settings)), log)
-    bus = Bus(settings.nats_url, f"noetl-worker-{name}", nats_options(settings))
+    bus = Bus.of(settings, f"noetl-worker-{name}")
     await bus.start(wait=True)
     pool = WorkerPool(
         bus,

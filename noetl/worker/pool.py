@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from noetl.bus import subjects
 from noetl.bus.connection import Bus, BusUnavailable
 from noetl.bus.envelope import OUTCOMES, Command, new_request_id, utcnow
-from noetl.bus.requests import Requester
+from noetl.bus.requests import Late, Requester
 from noetl.bus.streams import ensure_streams
 from noetl.contracts.runtime import Deregistration, Heartbeat, WorkerPoolRegistration
 
@@ -56,7 +56,7 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Subscribe for replies, then register (before the first beat), retrying until it takes."""
-        await ensure_streams(self.bus.js)
+        await ensure_streams(self.bus.js, self.bus.replicas)
         await self.requester.subscribe(self.bus)
         await self.bus.nc.subscribe(subjects.heartbeat_unknown("worker_pool", self.name), cb=self._on_unknown)
         retrying = AsyncRetrying(
@@ -76,8 +76,10 @@ class WorkerPool:
             type=subjects.command_type(subjects.RUNTIME_REGISTER),
             payload=self.registration.as_payload(),
         )
-        outcome = await self.requester.send(subjects.RUNTIME_REGISTER, command, REGISTER_TIMEOUT)
-        if outcome is None or outcome.error or outcome.result is None:
+        outcome = await self.requester.send(
+            subjects.RUNTIME_REGISTER, command, REGISTER_TIMEOUT, recorded=False
+        )
+        if isinstance(outcome, Late) or outcome.error or outcome.result is None:
             raise RegistrationFailed(f"registration of {self.name!r} failed: {outcome!r}")
         self.runtime_id = outcome.result["runtime_id"]
         self._unknown.clear()
@@ -123,5 +125,8 @@ class WorkerPool:
             type=subjects.command_type(subjects.RUNTIME_DEREGISTER),
             payload=Deregistration(name=self.name, kind="worker_pool").model_dump(),
         )
-        outcome = await self.requester.send(subjects.RUNTIME_DEREGISTER, command, DEREGISTER_WAIT)
-        log.info("worker pool %s deregistered (%s)", self.name, "ok" if outcome else "accepted")
+        outcome = await self.requester.send(
+            subjects.RUNTIME_DEREGISTER, command, DEREGISTER_WAIT, recorded=False
+        )
+        done = "accepted" if isinstance(outcome, Late) else "ok"
+        log.info("worker pool %s deregistered (%s)", self.name, done)
