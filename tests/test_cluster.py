@@ -296,6 +296,7 @@ async def all_current(js: JetStreamContext) -> bool:
     return True
 
 
+@pytest.mark.timeout(300)  # ~45 s here; elections and restarts take longer on a loaded machine
 async def test_a_node_lost_under_load_loses_nothing_and_doubles_nothing(
     scratch_dir: Path, clean: Servers, processes: Processes, db: Db
 ) -> None:
