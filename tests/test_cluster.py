@@ -264,21 +264,34 @@ class Load:
 
 
 async def leaders(js: JetStreamContext) -> dict[str, tuple[str | None, float | None]]:
-    """Each stream's leader and since when (on this process's monotonic clock, from the
-    server's `leader_since`); (None, None) while it has none (its info goes unanswered)."""
+    """The leader of each stream and of each durable on it (`stream/durable`), and since when
+    (on this process's monotonic clock, from the server's `leader_since`); a group without a
+    leader now is (None, None), or missing while its stream has none."""
     found: dict[str, tuple[str | None, float | None]] = {}
     for config in STREAMS:
         name = config.name or ""
         try:
-            cluster = (await js.stream_info(name)).cluster
+            found[name] = _leader((await js.stream_info(name)).cluster)
+            for consumer in await js.consumers_info(name):
+                if consumer.config.durable_name:
+                    found[f"{name}/{consumer.name}"] = _leader(consumer.cluster)
         except (nats.errors.Error, TimeoutError):
-            found[name] = (None, None)
-            continue
-        since = None
-        if cluster is not None and cluster.leader_since is not None:
-            since = time.monotonic() - (time.time() - cluster.leader_since.timestamp())
-        found[name] = (cluster.leader if cluster else None, since)
+            found.setdefault(name, (None, None))
     return found
+
+
+def _leader(cluster: Any) -> tuple[str | None, float | None]:
+    if cluster is None or cluster.leader is None:
+        return (None, None)
+    since = None
+    if cluster.leader_since is not None:
+        since = time.monotonic() - (time.time() - cluster.leader_since.timestamp())
+    return (cluster.leader, since)
+
+
+async def _all_led(js: JetStreamContext) -> dict[str, tuple[str | None, float | None]] | None:
+    found = await leaders(js)
+    return found if all(leader for leader, _ in found.values()) else None
 
 
 async def all_current(js: JetStreamContext) -> bool:
@@ -359,7 +372,7 @@ async def _lose_a_node(cluster: EmbeddedNatsCluster, clean: Servers, processes: 
             raise
 
         # Kill the node that leads the commands stream; watch the elections from the others.
-        before = await leaders(observer.jetstream())
+        before = await wait_for(lambda: _all_led(observer.jetstream()), what="every group led")
         lost = cluster.node(before[subjects.COMMANDS_STREAM][0] or "")
         led = [stream for stream, (leader, _) in before.items() if leader == lost.server_name]
         survivors = [n.url for n in cluster.nodes if n is not lost]
@@ -373,7 +386,7 @@ async def _lose_a_node(cluster: EmbeddedNatsCluster, clean: Servers, processes: 
         while len(elected) < len(led):
             now = await leaders(polling)
             for stream in led:
-                leader, since = now[stream]
+                leader, since = now.get(stream, (None, None))
                 if stream not in elected and leader not in (None, lost.server_name):
                     elected[stream], seen[stream] = since or time.monotonic(), time.monotonic()
             assert time.monotonic() - killed < 60, f"no new leaders in 60 s: {now}"
