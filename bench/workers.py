@@ -48,6 +48,7 @@ from bench.executions import (
     write_result,
 )
 from bench.runtime import HOST, MARK, db_delta, environment, install_uvloop, log, raise_on_term
+from noetl.settings import servers_of
 
 RUN_PATH = "/api/executions/run"
 PLAYBOOK_PATH = "bench/three_steps"
@@ -180,7 +181,7 @@ async def run_load(opts: argparse.Namespace) -> dict[str, Any]:
         elif not future.done():
             future.set_result((t, event_type))
 
-    nc = await nats.connect(opts.nats_url, max_reconnect_attempts=3)
+    nc = await nats.connect(servers_of(opts.nats_url), max_reconnect_attempts=3)
     for ending in ENDINGS:
         await nc.subscribe(subjects.execution_events(None, ending), cb=on_end)
     await nc.flush()
@@ -258,7 +259,7 @@ class WorkersBench:
 
             from noetl.bus import subjects
 
-            nc = await nats.connect(self.stack.nats_url)
+            nc = await nats.connect(servers_of(self.stack.nats_url))
             js = nc.jetstream()
             deadline = time.monotonic() + timeout
             ready = waiting = 0
@@ -571,7 +572,7 @@ class WorkersBench:
 
             from noetl.bus import subjects
 
-            nc = await nats.connect(self.stack.nats_url)
+            nc = await nats.connect(servers_of(self.stack.nats_url))
             try:
                 return int((await nc.jetstream().stream_info(subjects.JOBS_STREAM)).state.messages)
             finally:
