@@ -53,6 +53,7 @@ from bench.runtime import (
     raise_on_term,
     split_host,
 )
+from noetl.settings import servers_of
 
 RUN_PATH = "/api/executions/run"
 REGISTER_PATH = "/api/catalog/register"
@@ -232,7 +233,7 @@ async def start_latency(opts: argparse.Namespace) -> dict[str, Any]:
                 good = False
             checked["bad"] += not good
 
-    nc = await nats.connect(opts.nats_url, max_reconnect_attempts=3)
+    nc = await nats.connect(servers_of(opts.nats_url), max_reconnect_attempts=3)
     await nc.subscribe(subjects.execution_events(None, "execution_start"), cb=on_event)
     await nc.flush()
 
@@ -478,7 +479,7 @@ class Stack(Bench):
             from noetl.bus import subjects
 
             t0 = time.perf_counter()
-            nc = await nats.connect(self.nats_url)
+            nc = await nats.connect(servers_of(self.nats_url))
             js = nc.jetstream()
             pending = unpublished = -1
             try:
@@ -511,7 +512,7 @@ class Stack(Bench):
 
             from noetl.bus import subjects
 
-            nc = await nats.connect(self.nats_url)
+            nc = await nats.connect(servers_of(self.nats_url))
             js = nc.jetstream()
             deadline = time.monotonic() + timeout
             try:

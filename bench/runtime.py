@@ -384,6 +384,7 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
     from noetl.bus import subjects
     from noetl.bus.envelope import Command
     from noetl.contracts.runtime import Heartbeat
+    from noetl.settings import servers_of
 
     perf = time.perf_counter
     n = opts.components
@@ -396,9 +397,10 @@ async def hb_load(opts: argparse.Namespace) -> dict[str, Any]:
     Heartbeat.model_validate(probe.payload)
     assert probe.type == subjects.HEARTBEAT_TYPE
 
-    nc = await nats.connect(opts.nats_url, max_reconnect_attempts=3)
+    servers = servers_of(opts.nats_url)
+    nc = await nats.connect(servers, max_reconnect_attempts=3)
     js = nc.jetstream()
-    frames = await FramePublisher.connect(opts.nats_url)
+    frames = await FramePublisher.connect(servers[0])  # a cluster replicates what one node takes
     pub_heads = [f"PUB {subject} ".encode() for subject in subj]
     lag_conn = await psycopg.AsyncConnection.connect(opts.dsn, autocommit=True)
     stats_conn = await psycopg.AsyncConnection.connect(opts.dsn, autocommit=True)
@@ -662,6 +664,8 @@ class Bench:
         self.workdir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="noetl-bench-"))
         self.logdir = self.workdir / "logs"
         self.nats: Any = None
+        self.cluster: Any = None  # --cluster-compare: a 3-node cluster with replicas 3
+        self.cluster_url = ""
         self.pg: Any = None
         self.nats_url = ""
         self.dsn = ""
@@ -780,14 +784,41 @@ class Bench:
             self.uvicorn(
                 comparison.other, "noetl.facade.app:create_app", self.ports[comparison.other], off_env
             )
+        if args.cluster_compare:
+            self.start_cluster_side()
         self.sampler.track("orchestrator", os.getpid())
         self.sampler.start()
         self.wait_http(self.facade_port, "/ready", "facade")
         self.wait_http(self.baseline_port, "/health", "baseline")
         if comparison is not None:
             self.wait_http(self.ports[comparison.other], "/ready", comparison.other)
-        asyncio.run(self.wait_consumers())
+        asyncio.run(self.wait_consumers(self.nats_url))
+        if args.cluster_compare:
+            self.wait_http(self.ports["facade-cluster"], "/ready", "facade-cluster")
+            asyncio.run(self.wait_consumers(self.cluster_url))
         self.check_responses()
+
+    def start_cluster_side(self) -> None:
+        """`--cluster-compare`: the same consumers and facade on a 3-node loopback cluster with
+        every stream and durable replicated 3 times, sharing the store with the single node's."""
+        from noetl.embedded import EmbeddedNatsCluster, free_port
+
+        self.cluster = EmbeddedNatsCluster(self.workdir / "cluster")
+        self.cluster_url = self.cluster.start()
+        for node in self.cluster.nodes:
+            self.sampler.track(f"nats-{node.server_name}", node.proc.pid)
+        log(f"cluster {self.cluster_url} (replicas 3)")
+        bus = {"NOETL_NATS_URL": self.cluster_url, "NOETL_STREAM_REPLICAS": "3"}
+        self.spawn(
+            "consumer-cluster", self.consumer_argv(), self.base_env() | bus | {"NOETL_PG_DSN": self.dsn}
+        )
+        self.ports["facade-cluster"] = free_port()
+        self.uvicorn(
+            "facade-cluster",
+            "noetl.facade.app:create_app",
+            self.ports["facade-cluster"],
+            self.base_env() | bus,
+        )
 
     def enable_pg_stat_statements(self) -> bool:
         import psycopg
@@ -821,14 +852,15 @@ class Bench:
             time.sleep(0.2)
         raise TimeoutError(f"{what} not ready on port {port}")
 
-    async def wait_consumers(self, timeout: float = 60, grace: float = 5) -> None:
+    async def wait_consumers(self, url: str, timeout: float = 60, grace: float = 5) -> None:
         """Both durables exist and every consumer process has a pull request waiting on them
         (or, for consumers that do not leave one waiting, `grace` seconds have passed)."""
         import nats
 
         from noetl.bus import subjects
+        from noetl.settings import servers_of
 
-        nc = await nats.connect(self.nats_url)
+        nc = await nats.connect(servers_of(url))
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
         declared: float | None = None
@@ -878,7 +910,7 @@ class Bench:
             except Exception as exc:
                 log(f"could not stop {proc.args}: {exc!r}")
         self.children.clear()
-        for server in (self.nats, self.pg):
+        for server in (self.nats, self.cluster, self.pg):
             if server is not None:
                 try:
                     server.stop()
@@ -937,7 +969,10 @@ class Bench:
 
     def pair(self) -> tuple[str, str]:
         """The two apps the registration rounds alternate: the facade and the baseline, or with
-        `--compare` the facade with a feature and without."""
+        `--compare` the facade with a feature and without, or with `--cluster-compare` the
+        facade on one node (replicas 1) and on a 3-node cluster (replicas 3)."""
+        if self.args.cluster_compare:
+            return ("facade", "facade-cluster")
         comparison = self.comparison()
         return ("facade", comparison.other if comparison else "baseline")
 
@@ -999,7 +1034,9 @@ class Bench:
         f, b = summary[pair[0]], summary[pair[1]]
         summary["ratio"] = f["throughput"] / b["throughput"] if b["throughput"] else None
         summary["p99_ratio"] = f["p99_ms"] / b["p99_ms"] if b["p99_ms"] else None
-        if comparison := self.comparison():  # the cost of a feature: the ratio on/off
+        if args.cluster_compare:  # what replication costs: measured, not judged
+            summary["pass"] = f["non_200"] == 0 and b["non_200"] == 0
+        elif comparison := self.comparison():  # the cost of a feature: the ratio on/off
             summary["compare"] = args.compare
             summary["target"] = comparison.target
             summary["pass"] = bool(
@@ -1033,11 +1070,11 @@ class Bench:
             )
             conn.execute(f"VACUUM /* {MARK} */ ANALYZE runtime_components")
 
-    def hb_run(self, rate: int) -> dict[str, Any]:
+    def hb_run(self, rate: int, nats_url: str | None = None) -> dict[str, Any]:
         args = self.args
         extra = [
             "--nats-url",
-            self.nats_url,
+            nats_url or self.nats_url,
             "--dsn",
             self.dsn,
             "--rate",
@@ -1076,14 +1113,35 @@ class Bench:
         return res
 
     def heartbeats(self) -> dict[str, Any]:
-        args = self.args
+        """Step the offered rate up; with `--cluster-compare` the same steps on one node and on
+        the cluster, and the ratio of what each sustained."""
         self.sampler.phase = "heartbeats"
-        self.seed_components(args.hb_components)
+        self.seed_components(self.args.hb_components)
+        single = self.hb_steps(self.nats_url)
+        if not self.args.cluster_compare:
+            return single
+        log("heartbeats: the same steps on the 3-node cluster, replicas 3")
+        cluster = self.hb_steps(self.cluster_url)
+        # Compared at the highest offered rate both ran: what each absorbed, and its lag.
+        ran = {s["target_rate"]: s for s in cluster["steps"]}
+        common = max((s["target_rate"] for s in single["steps"] if s["target_rate"] in ran), default=None)
+        mine = next((s for s in single["steps"] if s["target_rate"] == common), None)
+        theirs = ran.get(common) if common is not None else None
+        return single | {
+            "cluster": cluster,
+            "cluster_step": common,
+            "cluster_ratio": mine["absorbed_rate"] / theirs["absorbed_rate"]
+            if mine and theirs and theirs["absorbed_rate"]
+            else None,
+        }
+
+    def hb_steps(self, nats_url: str) -> dict[str, Any]:
+        args = self.args
         rates = [int(float(r)) for r in args.hb_rates.split(",") if r.strip()]
         steps = []
         failures = 0
         for rate in rates:
-            steps.append(self.hb_run(rate))
+            steps.append(self.hb_run(rate, nats_url))
             if not steps[-1]["sustained"]:
                 failures += 1
                 if failures >= args.hb_max_failures:
@@ -1102,7 +1160,7 @@ class Bench:
             if hi is None or hi - lo <= 2000:
                 break
             mid = int(round((lo + hi) / 2 / 1000) * 1000)
-            steps.append(self.hb_run(mid))
+            steps.append(self.hb_run(mid, nats_url))
             passed = [s for s in steps if s["sustained"]]
             failed = [s for s in steps if not s["sustained"]]
         best = max(passed, key=lambda s: s["absorbed_rate"], default=None)
@@ -1231,9 +1289,12 @@ def render(result: dict[str, Any]) -> str:
         )
         baseline_title = f"baseline ({cfg.get('baseline_style', 'tuned')})"
         comparison = COMPARISONS.get(s.get("compare", ""))
+        clustered = "facade-cluster" in s
         rows = (
             tuple(zip(("facade", comparison.other), comparison.titles, strict=True))
             if comparison
+            else (("facade", "1 node, replicas 1"), ("facade-cluster", "3 nodes, replicas 3"))
+            if clustered
             else (("facade", "facade (bus)"), ("baseline", baseline_title))
         )
         for app, title in rows:
@@ -1244,7 +1305,13 @@ def render(result: dict[str, Any]) -> str:
                 f"{_fmt_num(x['db_xact_per_request'], 2):>11s} {_fmt_num(x['other_cores'], 2):>10s}"
                 f"   {x['per_round']}"
             )
-        if comparison:
+        if clustered:
+            p99 = 1 / s["p99_ratio"] if s["p99_ratio"] else float("nan")
+            add(
+                f"   replication cost, 1 node/3 nodes: throughput {s['ratio']:.2f}x, "
+                f"p99 {p99:.2f}x longer on the cluster"
+            )
+        elif comparison:
             add(
                 f"   ratio {s['compare']} on/off: throughput {s['ratio']:.3f}x "
                 f"(target >= {comparison.target}x), p99 {s['p99_ratio']:.2f}x: "
@@ -1307,6 +1374,19 @@ def render(result: dict[str, Any]) -> str:
                         f"     {t['calls_per_s']:8.1f} {t['rows_per_call']:8.1f} {t['mean_ms']:8.2f}  "
                         f"{t['query'][:80]}"
                     )
+    if hb and (cluster := hb.get("cluster")):
+        add(
+            f"   on 3 nodes, replicas 3: max sustained {cluster['max_sustained_rate']:,.0f} heartbeats/s; "
+            f"absorbed, lag p99 per offered rate: "
+            + ", ".join(
+                f"{s['target_rate']:,}/s: {s['absorbed_rate']:,.0f}, {_fmt_s(s['lag_p99_s'])}"
+                for s in cluster["steps"]
+            )
+        )
+        add(
+            f"   replication cost, absorbed 1 node/3 nodes at {hb['cluster_step'] or 0:,}/s offered: "
+            f"{_fmt_num(hb['cluster_ratio'], 2)}x"
+        )
     if listing := result.get("listing"):
         add("")
         status, pools, seconds = listing["status"], listing["pools"], listing["seconds"]
@@ -1360,6 +1440,12 @@ def parser() -> argparse.ArgumentParser:
         help="registration: the facade with a feature against the same facade without, in place of "
         "the baseline; prints the ratio. metrics: NOETL_API_METRICS on/off (and the consumer serving "
         "its own); auth: a bearer token checked on every request, or no tokens",
+    )
+    g.add_argument(
+        "--cluster-compare",
+        action="store_true",
+        help="registration and heartbeats on one node with replicas 1 against a 3-node loopback "
+        "cluster with replicas 3, in the same run, in place of the baseline; prints the ratios",
     )
     g.add_argument(
         "--metrics-compare",

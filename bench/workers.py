@@ -51,6 +51,7 @@ from bench.executions import (
     write_result,
 )
 from bench.runtime import HOST, MARK, db_delta, environment, install_uvloop, log, raise_on_term
+from noetl.settings import servers_of
 
 RUN_PATH = "/api/executions/run"
 COMPARED_CONSUMER = "consumer-execution"  # `--metrics-compare`: its copy 1 serves metrics, copy 2 not
@@ -184,7 +185,7 @@ async def run_load(opts: argparse.Namespace) -> dict[str, Any]:
         elif not future.done():
             future.set_result((t, event_type))
 
-    nc = await nats.connect(opts.nats_url, max_reconnect_attempts=3)
+    nc = await nats.connect(servers_of(opts.nats_url), max_reconnect_attempts=3)
     for ending in ENDINGS:
         await nc.subscribe(subjects.execution_events(None, ending), cb=on_end)
     await nc.flush()
@@ -262,7 +263,7 @@ class WorkersBench:
 
             from noetl.bus import subjects
 
-            nc = await nats.connect(self.stack.nats_url)
+            nc = await nats.connect(servers_of(self.stack.nats_url))
             js = nc.jetstream()
             deadline = time.monotonic() + timeout
             ready = waiting = 0
@@ -634,7 +635,7 @@ class WorkersBench:
 
             from noetl.bus import subjects
 
-            nc = await nats.connect(self.stack.nats_url)
+            nc = await nats.connect(servers_of(self.stack.nats_url))
             try:
                 return int((await nc.jetstream().stream_info(subjects.JOBS_STREAM)).state.messages)
             finally:
