@@ -202,6 +202,20 @@ async def db(servers: Servers) -> AsyncIterator[Db]:
 
 
 @pytest.fixture
+async def own_nats(scratch_dir: Path, clean: Servers) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server for this test alone, so it can be stopped (or paused) and started again."""
+    server = EmbeddedNats(scratch_dir / "nats", free_port())
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        assert server.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture
 async def nc(servers: Servers) -> AsyncIterator[nats.NATS]:
     client = await nats.connect(servers.nats_url, connect_timeout=5)
     try:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,23 +26,9 @@ from nats.js.errors import NoStreamResponseError
 from noetl.bus import subjects
 from noetl.bus.envelope import MSG_ID_HEADER, idempotent_request_id
 from noetl.bus.requests import PUBLISH_ACK_TIMEOUT
-from noetl.embedded import EmbeddedNats, EmbeddedNatsCluster, free_port
+from noetl.embedded import EmbeddedNats, EmbeddedNatsCluster
 
 REPLY_TIMEOUT = 0.5
-
-
-@pytest.fixture
-async def own_nats(scratch_dir: Path, clean: Servers) -> AsyncIterator[EmbeddedNats]:
-    """A nats-server for this test alone, so it can be stopped and continued."""
-    server = EmbeddedNats(scratch_dir / "nats", free_port())
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        assert server.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.proc.pid, signal.SIGCONT)
-        await asyncio.to_thread(server.stop)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,17 +29,6 @@ from noetl.bus.envelope import MSG_ID_HEADER, Command
 from noetl.embedded import EmbeddedNats, free_port
 
 # --------------------------------------------------------------------------- NATS down
-
-
-@pytest.fixture
-async def own_nats(scratch_dir: Path, clean: Servers) -> AsyncIterator[EmbeddedNats]:
-    """A nats-server for this test alone, so it can be stopped and started again."""
-    server = EmbeddedNats(scratch_dir / "nats", free_port())
-    await asyncio.to_thread(server.start)
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def assert_bus_down_answers(client: httpx.AsyncClient) -> None:
