@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from noetl.bus.permissions import PARTS, Part, User, authorization
+from noetl.bus.permissions import PARTS, PERMISSIONS, Part, User, authorization
 from noetl.facade.auth import ROLES, Role, digest
 from noetl.problems import Problem
 from noetl.store.roles import CONSUMER_ROLE
@@ -107,6 +107,19 @@ def deployment_nats_config() -> str:
     passwords are `$VARIABLES` the server reads from its environment, so the file holds none."""
     users = {part: User(nats_user(part), password_env=nats_password_variable(part)) for part in PARTS}
     return authorization(users)
+
+
+def helm_nats_users() -> list[dict[str, Any]]:
+    """The same users for the official NATS Helm chart (`deploy/k8s/nats-values.yaml`), which
+    writes `<< $VARIABLE >>` into nats-server's config as a bare variable read from its environment."""
+    return [
+        {
+            "user": nats_user(part),
+            "password": f"<< ${nats_password_variable(part)} >>",
+            "permissions": PERMISSIONS[part].as_config(),
+        }
+        for part in PARTS
+    ]
 
 
 def load_or_create(directory: Path) -> Access:

@@ -12,6 +12,8 @@ import yaml
 from test_compose import parse
 
 from consumers.process import CONSUMER_NAMES
+from noetl.access import helm_nats_users, nats_password_variable, nats_user
+from noetl.bus.permissions import PARTS
 from noetl.settings import Settings
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
@@ -62,3 +64,22 @@ def test_the_nats_and_postgres_values_replicate() -> None:
     assert nats["config"]["jetstream"]["fileStore"]["enabled"] is True
     pg = yaml.safe_load((K8S / "postgres-cluster.yaml").read_text())
     assert pg["kind"] == "Cluster" and pg["spec"]["instances"] == 3
+
+
+def test_every_part_is_its_own_nats_user_on_the_cluster() -> None:
+    """nats-server's users come from the code, and each part connects as its own, its password
+    from the Secret the server reads it from too."""
+    nats = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    assert nats["config"]["merge"]["authorization"]["users"] == helm_nats_users()
+    for part in PARTS:
+        variable = nats_password_variable(part)
+        secret = {"secretKeyRef": {"name": "noetl-secrets", "key": variable}}
+        assert nats["container"]["env"][variable] == {"valueFrom": secret}
+    part_of = {"noetl-api": "facade", "noetl-worker-python": "worker"} | {
+        f"noetl-consumer-{name}": "consumer" for name in CONSUMER_NAMES
+    }
+    for name, part in part_of.items():
+        env = {e["name"]: e for e in containers(WORKLOADS[name])[0]["env"]}
+        assert env["NOETL_NATS_USER"]["value"] == nats_user(part), name
+        key = env["NOETL_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
+        assert key == nats_password_variable(part), name
