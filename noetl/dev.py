@@ -193,7 +193,7 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
             supervisor.add(Server("nats", nats), started=True)
             users = "; a user per part" if access else ""
             _say(f"NATS         {nats_url} (JetStream store {nats.store_dir}{users})")
-        parts = Parts(access, nats_url)
+        parts = Parts(access, nats_url, own_database=not external_pg)
         if external_pg:
             dsn = settings.database_dsn()
             _say("PostgreSQL   external (NOETL_PG_DSN / POSTGRES_*)")
@@ -202,7 +202,6 @@ def _run(opts: DevOptions, data_dir: Path, lock_fd: int) -> int:
             dsn = pg.start()
             supervisor.add(Server("postgres", pg), started=True)
             _say(f"PostgreSQL   {dsn} (data {pg.data_dir})")
-            parts.own_database = True
         password = access.consumer_db_password if access and parts.own_database else None
         applied = asyncio.run(migrate(dsn, consumer_password=password))
         _say(f"schema       migrated ({len(applied)} new migration(s))")
@@ -226,7 +225,7 @@ class Parts:
 
     access: Access | None
     nats_url: str
-    own_database: bool = False
+    own_database: bool
 
     def env(self, part: Part) -> dict[str, str]:
         # Workers get neither the database nor the credentials key; the API seals, consumers open.
